@@ -1,0 +1,1 @@
+//! Browser facade (wasm32).

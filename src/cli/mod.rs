@@ -1,0 +1,49 @@
+//! Subcommands of the `idtag` binary.
+
+mod cookie;
+mod emulate;
+mod identity;
+mod serve;
+mod token;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// idtag: ties the Marketo tracking cookie to the known person at signup and login.
+#[derive(Debug, Parser)]
+#[command(name = "idtag", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Inspect tracking cookies in a Cookie header.
+    #[command(subcommand)]
+    Cookie(cookie::CookieCommand),
+    /// Normalise identities the way idtag keys people.
+    #[command(subcommand)]
+    Identity(identity::IdentityCommand),
+    /// Issue and verify signed tag tokens (keys from IDTAG_TOKEN_KEYS).
+    #[command(subcommand)]
+    Token(token::TokenCommand),
+    /// Run the local Marketo-compatible emulator.
+    Emulate(emulate::EmulateArgs),
+    /// Run the tag endpoint and association worker (sidecar).
+    Serve(serve::ServeArgs),
+    /// Print outbox counts, the oldest pending item's age and dead-letter reasons.
+    Status(serve::StatusArgs),
+}
+
+/// Runs the parsed command line and returns the process exit code.
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Cookie(c) => cookie::run(c),
+        Command::Identity(c) => identity::run(c),
+        Command::Token(c) => token::run(c),
+        Command::Emulate(a) => emulate::run(a),
+        Command::Serve(a) => serve::run(a),
+        Command::Status(a) => serve::status(a),
+    }
+}

@@ -1,0 +1,1 @@
+//! Local Marketo-compatible REST server (native).

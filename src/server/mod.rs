@@ -1,0 +1,1 @@
+//! Marketo client, association pipeline, stores and HTTP endpoint (native).
