@@ -1,0 +1,42 @@
+# idtag build and test entry points. `make test` is what CI runs (.ci/run).
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+WASM_TARGET := wasm32-unknown-unknown
+# The wasm-bindgen CLI must match the crate version pinned in Cargo.lock exactly.
+WASM_BINDGEN_VERSION := $(shell sed -n '/^name = "wasm-bindgen"$$/{n;s/^version = "\(.*\)"/\1/p;}' Cargo.lock)
+CHROMEDRIVER ?= /usr/bin/chromedriver
+export CHROMEDRIVER
+
+.PHONY: help setup test check fmt-check clippy wasm-check test-native test-wasm
+
+help:
+	@echo "make test   - install what is missing, then fmt, clippy, native tests, wasm32 tests in headless Chromium"
+
+## Installs what the tests need when it is missing (idempotent).
+setup:
+	@WASM_BINDGEN_VERSION=$(WASM_BINDGEN_VERSION) bash .ci/setup.sh
+
+test: setup check test-native test-wasm
+
+check: fmt-check clippy wasm-check
+
+fmt-check:
+	cargo fmt --all -- --check
+
+clippy:
+	cargo clippy --all-targets --all-features -- -D warnings
+
+wasm-check:
+	cargo clippy --lib --target $(WASM_TARGET) --no-default-features -- -D warnings
+
+test-native:
+	cargo test --all-features
+
+## Core tests compiled to wasm32 and run inside headless Chromium.
+test-wasm:
+	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
+	WASM_BINDGEN_TEST_TIMEOUT=120 \
+	cargo test --target $(WASM_TARGET) --no-default-features --tests
