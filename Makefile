@@ -8,6 +8,8 @@ WASM_TARGET := wasm32-unknown-unknown
 # The wasm-bindgen CLI must match the crate version pinned in Cargo.lock exactly.
 WASM_BINDGEN_VERSION := $(shell sed -n '/^name = "wasm-bindgen"$$/{n;s/^version = "\(.*\)"/\1/p;}' Cargo.lock)
 CHROMEDRIVER ?= /usr/bin/chromedriver
+# Test targets compiled to wasm32 and run in headless Chromium.
+WASM_TESTS := --lib --test core_vectors --test core_tag_token
 export CHROMEDRIVER
 
 .PHONY: help setup test check fmt-check clippy wasm-check test-native test-wasm
@@ -38,5 +40,5 @@ test-native:
 ## Core tests compiled to wasm32 and run inside headless Chromium.
 test-wasm:
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
-	WASM_BINDGEN_TEST_TIMEOUT=120 \
-	cargo test --target $(WASM_TARGET) --no-default-features --tests
+	WASM_BINDGEN_TEST_TIMEOUT=120 WASM_BINDGEN_TEST_WEBDRIVER_JSON=$(CURDIR)/.ci/webdriver.json \
+	cargo test --target $(WASM_TARGET) --no-default-features $(WASM_TESTS)

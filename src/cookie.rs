@@ -74,6 +74,8 @@ fn strip_quotes(v: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn pairs(h: &str) -> Vec<(&str, &str)> {
         parse(h).into_iter().map(|p| (p.name, p.value)).collect()

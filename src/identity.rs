@@ -194,6 +194,8 @@ fn normalize_domain(domain: &str) -> Result<String, IdentityError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn ok(s: &str) -> String {
         normalize_email(s).unwrap().0

@@ -43,3 +43,6 @@ if_native! {
     #[cfg(feature = "emulator")]
     pub mod emulator;
 }
+
+#[cfg(all(test, target_arch = "wasm32"))]
+wasm_bindgen_test::wasm_bindgen_test_configure!(run_in_browser);

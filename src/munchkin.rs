@@ -352,6 +352,8 @@ pub fn select_values<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     #[test]
     fn double_encoded_is_not_decoded_twice() {

@@ -389,6 +389,8 @@ pub fn peek_claims(token: &str) -> Option<Claims> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn ring() -> Keyring {
         Keyring::parse("k1:MDEyMzQ1Njc4OWFiY2RlZg,k0:ZmVkY2JhOTg3NjU0MzIxMA").unwrap()
