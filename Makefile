@@ -42,3 +42,16 @@ test-wasm:
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
 	WASM_BINDGEN_TEST_TIMEOUT=120 WASM_BINDGEN_TEST_WEBDRIVER_JSON=$(CURDIR)/.ci/webdriver.json \
 	cargo test --target $(WASM_TARGET) --no-default-features $(WASM_TESTS)
+
+## Fuzzes the cookie parser, the tag-token verifier and the email normaliser
+## (cargo-fuzz / libFuzzer; RUSTC_BOOTSTRAP lets the stable toolchain build with sanitizers).
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := cookie_header tag_token_verify email_normalize
+.PHONY: fuzz
+fuzz:
+	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked || cargo install cargo-fuzz
+	for t in $(FUZZ_TARGETS); do \
+	  mkdir -p tests/fuzz/corpus/$$t; \
+	  RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir tests/fuzz $$t tests/fuzz/corpus/$$t -- \
+	    -max_total_time=$(FUZZ_SECONDS) -max_len=4096 2>&1 | tail -n 3; \
+	done
