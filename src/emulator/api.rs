@@ -276,7 +276,6 @@ impl Call<'_> {
                 let msg = format!("Request method '{}' not supported", self.method);
                 return self.error("605", &msg);
             }
-            Op::Unknown => return self.error("610", "Requested resource not found"),
             _ => {}
         }
         let fault = self.roll_fault();
@@ -311,7 +310,8 @@ impl Call<'_> {
                 sleep(latency).await;
                 self.associate(&id, headers, &query)
             }
-            _ => self.error("611", "System error"),
+            Op::Unknown => self.error("610", "Requested resource not found"),
+            Op::Identity | Op::BadMethod(_) => self.error("611", "System error"),
         };
         drop(slot);
         answer
