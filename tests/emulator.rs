@@ -1165,3 +1165,26 @@ async fn bad_input_gets_an_answer_never_a_dropped_connection() {
         404
     );
 }
+
+#[tokio::test]
+async fn update_by_id_can_change_the_email_a_lead_is_found_by() {
+    let env = Env::start(EmulatorConfig::default()).await;
+    let a = env.create("old@x.com").await;
+    let v = env
+        .post_json(
+            "/rest/v1/leads.json",
+            &json!({"action": "updateOnly", "lookupField": "id", "input": [{"id": a, "email": "New@x.com"}, {"id": 424242}]}),
+        )
+        .await
+        .json();
+    assert_eq!(v["result"][0], json!({"id": a, "status": "updated"}));
+    assert_eq!(v["result"][1]["reasons"][0]["code"], "1004");
+    assert_eq!(
+        env.lookup_email("old@x.com").await.json()["result"],
+        json!([])
+    );
+    assert_eq!(
+        env.lookup_email("new@X.com").await.json()["result"][0]["id"],
+        a
+    );
+}

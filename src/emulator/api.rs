@@ -701,10 +701,7 @@ fn sync_one(
         }
         (_, 1, _) => {
             let id = found[0];
-            if let Some(lead) = store.leads.get_mut(&id) {
-                lead.fields.extend(fields);
-                lead.updated_ms = now;
-            }
+            store.update_lead(id, fields, now);
             (id, "updated")
         }
         _ => return Err(("1007", "Multiple leads match the lookup criteria".into())),
