@@ -504,7 +504,7 @@ async fn a_cookie_pushed_in_a_sync_record_loses_its_anonymous_history() {
 #[tokio::test]
 async fn concurrent_upserts_of_one_email_can_create_duplicates() {
     let env = Env::start(EmulatorConfig::default()).await;
-    env.admin("POST", "faults", Some(json!({"latency_ms": 300})))
+    env.admin("POST", "faults", Some(json!({"latency_ms": 800})))
         .await;
     let (x, y) = tokio::join!(
         env.sync("createOrUpdate", json!([{"email": "dup@x.com"}])),
@@ -815,7 +815,7 @@ async fn call_101_inside_one_window_gets_606() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eleventh_concurrent_call_gets_615() {
     let env = Arc::new(Env::start(EmulatorConfig::default()).await);
-    env.admin("POST", "faults", Some(json!({"latency_ms": 1500})))
+    env.admin("POST", "faults", Some(json!({"latency_ms": 2500})))
         .await;
     let mut slow = Vec::new();
     for _ in 0..10 {
@@ -829,7 +829,7 @@ async fn eleventh_concurrent_call_gets_615() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
         waited += 10;
-        assert!(waited < 1400, "the 10 slow calls did not all start");
+        assert!(waited < 2300, "the 10 slow calls did not all start");
     }
     let r = env.lookup_email("a@x.com").await;
     assert_eq!(r.code().as_deref(), Some("615"));
