@@ -94,14 +94,23 @@ const PLACEHOLDERS: [&str; 13] = [
     "-",
 ];
 
-/// Characters trimmed from both ends besides Unicode white space: zero-width
-/// spaces and the byte-order mark that copy-paste brings along.
-fn is_trimmable(c: char) -> bool {
-    c.is_whitespace()
-        || matches!(
-            c,
-            '\u{200B}' | '\u{200C}' | '\u{200D}' | '\u{2060}' | '\u{FEFF}'
-        )
+/// Invisible format characters that copy-paste, autofill and rich-text editors
+/// bring along (zero-width spaces and joiners, bidi marks and isolates, the soft
+/// hyphen, the byte-order mark): removed wherever they stand, so that one person
+/// has one key.
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{034F}'
+            | '\u{061C}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206F}'
+            | '\u{FEFF}'
+    )
 }
 
 /// Normalises an email address into the key idtag uses for the person.
@@ -117,12 +126,13 @@ fn is_trimmable(c: char) -> bool {
 /// assert_eq!(normalize_email("@example.com").unwrap_err().code(), "invalid");
 /// ```
 pub fn normalize_email(input: &str) -> Result<Email, IdentityError> {
-    let trimmed = input.trim_matches(is_trimmable);
+    let visible: String = input.chars().filter(|&c| !is_invisible(c)).collect();
+    let trimmed = visible.trim();
     let lowered: String = trimmed.nfc().collect::<String>().to_lowercase();
     if PLACEHOLDERS.contains(&lowered.as_str()) {
         return Err(IdentityError::Placeholder(trimmed.to_owned()));
     }
-    if lowered.chars().any(|c| c.is_control() || is_trimmable(c)) {
+    if lowered.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return Err(IdentityError::Invalid(
             "contains white space or control characters",
         ));
@@ -186,6 +196,15 @@ fn normalize_domain(domain: &str) -> Result<String, IdentityError> {
     {
         return Err(IdentityError::Invalid("domain is not a valid host name"));
     }
+    if ascii
+        .rsplit('.')
+        .next()
+        .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(IdentityError::Invalid(
+            "domain is an IP address, not a host name",
+        ));
+    }
     let (unicode, result) = idna::domain_to_unicode(&ascii);
     result.map_err(|_| IdentityError::Invalid("domain is not a valid host name"))?;
     Ok(unicode.nfc().collect())
@@ -215,6 +234,18 @@ mod tests {
     #[test]
     fn trailing_dot_and_zero_width() {
         assert_eq!(ok("\u{FEFF}a@example.com.\u{200B}"), "a@example.com");
+    }
+
+    #[test]
+    fn invisible_characters_anywhere_give_one_key() {
+        for s in [
+            "\u{200E}jane@example.com",
+            "ja\u{00AD}ne@example.com",
+            "jane@exa\u{200B}mple.com",
+            "\u{202E}jane@example.com\u{202C}",
+        ] {
+            assert_eq!(ok(s), "jane@example.com", "{s:?}");
+        }
     }
 
     #[test]

@@ -73,7 +73,9 @@ impl RejectReason {
     /// A sentence for people reading logs and CLI output.
     pub fn message(self) -> &'static str {
         match self {
-            RejectReason::Placeholder => "empty or placeholder value (undefined, null, none)",
+            RejectReason::Placeholder => {
+                "empty or placeholder value (undefined, null, none, false, 0)"
+            }
             RejectReason::TooLong => "value longer than 512 bytes",
             RejectReason::BadEncoding => "broken percent-encoding",
             RejectReason::Malformed => "not of the form id:<munchkin id>&token:<token>",
@@ -126,7 +128,9 @@ pub struct Selection {
     pub rejected: Vec<Rejected>,
 }
 
-const PLACEHOLDERS: [&str; 7] = [
+/// Values scripts and tag managers write when they meant "no value"; compared
+/// ASCII-case-insensitively (the same words identity normalisation rejects).
+const PLACEHOLDERS: [&str; 10] = [
     "",
     "undefined",
     "null",
@@ -134,6 +138,9 @@ const PLACEHOLDERS: [&str; 7] = [
     "nil",
     "nan",
     "[object object]",
+    "false",
+    "true",
+    "0",
 ];
 
 /// Parses and validates one `_mkto_trk` value (from a cookie or the `_mkt_trk` form field).
@@ -250,7 +257,9 @@ pub fn is_munchkin_id(s: &str) -> bool {
 pub fn token_domain(token: &str) -> Option<&str> {
     let body = token.strip_prefix("_mch-")?;
     let (head, last) = body.rsplit_once('-')?;
-    let domain = if last.len() == 32 && last.bytes().all(|c| c.is_ascii_hexdigit()) {
+    // Munchkin writes the newer tail as 32 lowercase hex digits; Marketo rejects others (1012).
+    let domain = if last.len() == 32 && last.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+    {
         head
     } else if (1..=5).contains(&last.len()) && last.bytes().all(|c| c.is_ascii_digit()) {
         let (domain, ms) = head.rsplit_once('-')?;
@@ -377,6 +386,7 @@ mod tests {
         assert!(token_domain("_mch-example.com-1700000000000-123456").is_none());
         assert!(token_domain("_mch-example.com-170000000000-12345").is_none());
         assert!(token_domain("_mch-example.com-1261fb15c0ebbd00867a136414ae051").is_none());
+        assert!(token_domain("_mch-example.com-1261FB15C0EBBD00867A136414AE0516").is_none());
         assert!(token_domain("_mch--1700000000000-12345").is_none());
         assert!(token_domain("_mch-localhost-1700000000000-12345").is_some());
         assert!(token_domain("_mch-127.0.0.1-1700000000000-12345").is_some());

@@ -27,6 +27,8 @@ pub const MAX_TTL_SECS: i64 = 86_400;
 pub const DEFAULT_LEEWAY_SECS: i64 = 60;
 /// Default size cap on a token.
 pub const DEFAULT_MAX_LEN: usize = 2048;
+/// Longest key id accepted, in bytes.
+pub const MAX_KID_LEN: usize = 64;
 /// Shortest signing key accepted, in bytes.
 pub const MIN_KEY_LEN: usize = 16;
 
@@ -133,8 +135,8 @@ pub enum KeyError {
     /// No keys given.
     #[error("no keys: expected kid:base64key[,kid:base64key…]")]
     Empty,
-    /// An entry without `kid:`.
-    #[error("key entry {0} is not kid:base64key")]
+    /// An entry without `kid:`, or with a key id longer than 64 bytes.
+    #[error("key entry {0} is not kid:base64key (kid of 1..64 bytes)")]
     Syntax(usize),
     /// An entry whose key is not base64.
     #[error("key {0:?} is not valid base64")]
@@ -169,7 +171,7 @@ impl Keyring {
             return Err(KeyError::Empty);
         }
         for (i, (kid, key)) in keys.iter().enumerate() {
-            if kid.is_empty() {
+            if kid.is_empty() || kid.len() > MAX_KID_LEN {
                 return Err(KeyError::Syntax(i + 1));
             }
             if key.len() < MIN_KEY_LEN {
@@ -251,7 +253,9 @@ impl Keyring {
             email: email.to_owned(),
             evt,
             iat: now_secs,
-            exp: now_secs.saturating_add(ttl_secs),
+            exp: now_secs
+                .checked_add(ttl_secs)
+                .ok_or(TokenError::InvalidClaims("exp out of range"))?,
             kid: kid.to_owned(),
         };
         let claims = checked_claims(claims)?;
@@ -342,14 +346,16 @@ fn checked_claims(mut c: Claims) -> Result<Claims, TokenError> {
     if c.sub.trim().is_empty() || c.sub.len() > 256 {
         return Err(TokenError::InvalidClaims("sub must be 1..256 bytes"));
     }
-    if c.kid.is_empty() || c.kid.len() > 64 {
+    if c.kid.is_empty() || c.kid.len() > MAX_KID_LEN {
         return Err(TokenError::InvalidClaims("kid must be 1..64 bytes"));
     }
     c.email = normalize_email(&c.email)
         .map_err(|_| TokenError::InvalidClaims("email is not a valid address"))?
         .as_str()
         .to_owned();
-    if c.exp <= c.iat || c.exp - c.iat > MAX_TTL_SECS {
+    // `checked_sub`: claims come from the payload, and i64::MIN must not wrap into "short".
+    let life = c.exp.checked_sub(c.iat);
+    if c.iat < 0 || !life.is_some_and(|l| (1..=MAX_TTL_SECS).contains(&l)) {
         return Err(TokenError::InvalidClaims(
             "exp must follow iat by at most one day",
         ));
@@ -457,6 +463,38 @@ mod tests {
                 .code(),
             "invalid_claims"
         );
+    }
+
+    #[test]
+    fn extreme_times_are_invalid_claims_not_overflow() {
+        let r = ring();
+        for (iat, exp) in [
+            (i64::MIN, NOW + 600),
+            (NOW, i64::MAX),
+            (-5, 100),
+            (NOW, NOW),
+        ] {
+            let body = format!(
+                r#"{{"sub":"u","email":"a@example.com","evt":"login","iat":{iat},"exp":{exp},"kid":"k1"}}"#
+            );
+            let signed = format!("v1.{}", URL_SAFE_NO_PAD.encode(body));
+            let sig = URL_SAFE_NO_PAD.encode(
+                mac(b"0123456789abcdef", signed.as_bytes())
+                    .finalize()
+                    .into_bytes(),
+            );
+            let t = format!("{signed}.{sig}");
+            assert_eq!(
+                r.verify(&t, NOW, &VerifyOptions::default())
+                    .unwrap_err()
+                    .code(),
+                "invalid_claims",
+                "{iat} {exp}"
+            );
+        }
+        assert!(r
+            .issue("u", "a@example.com", Event::Login, i64::MAX - 10, 600, None)
+            .is_err());
     }
 
     #[test]

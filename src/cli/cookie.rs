@@ -35,23 +35,19 @@ pub fn run(cmd: CookieCommand) -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    let header = match header {
+    let pasted = match header {
         Some(h) => h,
         None => {
-            let mut s = String::new();
-            if let Err(e) = std::io::stdin().read_to_string(&mut s) {
+            let mut bytes = Vec::new();
+            if let Err(e) = std::io::stdin().read_to_end(&mut bytes) {
                 eprintln!("idtag: cannot read the header from stdin: {e}");
                 return ExitCode::from(2);
             }
-            // A header piped in may carry a "Cookie:" prefix and line breaks.
-            let s = s.trim();
-            let s = s
-                .strip_prefix("Cookie:")
-                .or_else(|| s.strip_prefix("cookie:"))
-                .unwrap_or(s);
-            s.lines().collect::<Vec<_>>().join(";")
+            // Other cookies may carry Latin-1 bytes; they must not hide `_mkto_trk`.
+            String::from_utf8_lossy(&bytes).into_owned()
         }
     };
+    let header = unfold_pasted_header(&pasted);
     let prefs = Preferences {
         munchkin_id,
         cookie_domain,
@@ -74,5 +70,42 @@ pub fn run(cmd: CookieCommand) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
+    }
+}
+
+/// Turns a header as people paste it (one or several `Cookie:` lines from devtools,
+/// `curl -v` or HTTP/2 logs, any case, `>` markers) into one cookie string.
+fn unfold_pasted_header(pasted: &str) -> String {
+    pasted
+        .lines()
+        .map(|line| {
+            let line = line.trim().trim_start_matches(['>', '<']).trim_start();
+            match line.split_once(':') {
+                Some((name, rest)) if name.trim().eq_ignore_ascii_case("cookie") => rest,
+                _ => line,
+            }
+        })
+        .filter(|l| !l.trim().is_empty())
+        .collect::<Vec<_>>()
+        .join(";")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unfold_pasted_header;
+
+    #[test]
+    fn pasted_headers() {
+        assert_eq!(unfold_pasted_header("Cookie: a=1; b=2"), " a=1; b=2");
+        assert_eq!(
+            unfold_pasted_header("cookie: a=1\nCOOKIE: b=2\n"),
+            " a=1; b=2"
+        );
+        assert_eq!(unfold_pasted_header("> Cookie: a=1\r\n"), " a=1");
+        // A cookie value holding ':' is not a header name.
+        assert_eq!(
+            unfold_pasted_header("_mkto_trk=id:1&token:x"),
+            "_mkto_trk=id:1&token:x"
+        );
     }
 }
