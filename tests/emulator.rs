@@ -23,6 +23,7 @@ const TOKEN: &str = "_mch-example.com-1700000000000-12345";
 #[derive(Debug)]
 struct Resp {
     status: u16,
+    headers: Vec<(String, String)>,
     body: Vec<u8>,
 }
 
@@ -80,8 +81,10 @@ fn parse_response(buf: &[u8]) -> Resp {
         .and_then(|c| c.parse().ok())
         .expect("status line");
     let mut chunked = false;
+    let mut headers = Vec::new();
     for l in lines {
         if let Some((k, v)) = l.split_once(':') {
+            headers.push((k.trim().to_owned(), v.trim().to_owned()));
             if k.eq_ignore_ascii_case("transfer-encoding")
                 && v.trim().eq_ignore_ascii_case("chunked")
             {
@@ -91,7 +94,11 @@ fn parse_response(buf: &[u8]) -> Resp {
     }
     let raw = &buf[split + 4..];
     let body = if chunked { dechunk(raw) } else { raw.to_vec() };
-    Resp { status, body }
+    Resp {
+        status,
+        headers,
+        body,
+    }
 }
 
 fn dechunk(mut raw: &[u8]) -> Vec<u8> {
@@ -982,12 +989,73 @@ async fn admin_config_and_log() {
 }
 
 #[tokio::test]
+async fn admin_changes_from_another_origin_are_refused() {
+    let env = Env::start(EmulatorConfig::default()).await;
+    let addr = env.emu.local_addr();
+    let evil = [
+        ("Origin", "http://evil.example"),
+        ("Content-Type", "text/plain"),
+    ];
+    let r = send(
+        addr,
+        "POST",
+        "/__emulator/faults",
+        &evil,
+        br#"{"share_502":1}"#,
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    let r = send(addr, "POST", "/__emulator/reset", &evil, b"").await;
+    assert_eq!(r.status, 403);
+    assert_eq!(env.admin("GET", "faults", None).await["share_502"], 0.0);
+    // Reads carry no CORS header, so other origins cannot read leads.
+    let r = send(
+        addr,
+        "GET",
+        "/__emulator/leads",
+        &[("Origin", "http://evil.example")],
+        b"",
+    )
+    .await;
+    assert!(!r
+        .headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("access-control-allow-origin")));
+    // The emulator's own origin and origin-less clients may change things.
+    let own = [
+        ("Origin", env.emu.base_url()),
+        ("Content-Type", "application/json"),
+    ];
+    let r = send(
+        addr,
+        "POST",
+        "/__emulator/faults",
+        &own,
+        br#"{"share_502":0.5}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test]
 async fn start_rejects_a_bad_config_and_shutdown_stops_the_server() {
     let bad = EmulatorConfig {
         munchkin_id: "123".into(),
         ..EmulatorConfig::default()
     };
     assert!(Emulator::start(bad).await.is_err());
+    for bad in [
+        EmulatorConfig {
+            concurrency: 0,
+            ..EmulatorConfig::default()
+        },
+        EmulatorConfig {
+            rate_limit: 0,
+            ..EmulatorConfig::default()
+        },
+    ] {
+        assert!(Emulator::start(bad).await.is_err());
+    }
     let emu = Emulator::start(EmulatorConfig::default()).await.unwrap();
     let addr = emu.local_addr();
     assert!(emu.base_url().starts_with("http://127.0.0.1:"));

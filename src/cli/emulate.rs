@@ -12,7 +12,7 @@ use std::time::Duration;
 #[derive(Debug, clap::Args)]
 pub struct EmulateArgs {
     /// Address to listen on; port 0 picks a free port (printed on start).
-    #[arg(long, default_value = "127.0.0.1:0")]
+    #[arg(long, default_value = "127.0.0.1:0", value_parser = super::parse_listen)]
     listen: SocketAddr,
     /// OAuth client id the identity endpoint accepts.
     #[arg(long, default_value = "idtag-emulator")]

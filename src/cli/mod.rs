@@ -47,3 +47,19 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Status(a) => serve::status(a),
     }
 }
+
+/// Parses a listen address `host:port`, resolving names such as `localhost`
+/// (an IPv4 address is preferred when the name has several).
+pub(crate) fn parse_listen(s: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    let addrs: Vec<_> = s
+        .to_socket_addrs()
+        .map_err(|e| format!("{s:?} is not host:port ({e})"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{s:?} resolves to no address"))
+}

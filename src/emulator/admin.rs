@@ -4,7 +4,7 @@ use super::api::{json_response, MAX_BODY};
 use super::query::Params;
 use super::Shared;
 use axum::body::Body;
-use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::Response;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -13,6 +13,7 @@ use std::time::Duration;
 pub(crate) async fn handle(
     sh: &Arc<Shared>,
     method: &Method,
+    headers: &HeaderMap,
     path: &str,
     raw_query: &str,
     body: Body,
@@ -27,6 +28,11 @@ pub(crate) async fn handle(
     };
     let get = method == Method::GET;
     let post = method == Method::POST || method == Method::PUT;
+    // Browsers send `Origin` on cross-origin requests: a web page the tester happens
+    // to visit must not be able to inject faults, reset or revoke (CSRF).
+    if post && !same_origin(sh, headers) {
+        return error(StatusCode::FORBIDDEN, "admin changes are refused from other origins");
+    }
     match (sub.as_str(), get, post) {
         ("", true, _) => ok(config_json(sh)),
         ("leads", true, _) => ok(sh.lock().leads_json()),
@@ -60,14 +66,16 @@ pub(crate) async fn handle(
     }
 }
 
-/// Admin answers may be read by a demo page on another origin.
+/// True when the request carries no `Origin` (curl, test clients) or the emulator's own.
+fn same_origin(sh: &Shared, headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ORIGIN)
+        .is_none_or(|o| o.as_bytes() == sh.base_url.as_bytes())
+}
+
+/// Admin answers carry no CORS header: other origins cannot read leads or the log.
 fn ok(v: Value) -> Response {
-    let mut r = json_response(StatusCode::OK, &v);
-    r.headers_mut().insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
-    );
-    r
+    json_response(StatusCode::OK, &v)
 }
 
 fn error(status: StatusCode, message: &str) -> Response {

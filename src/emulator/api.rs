@@ -66,7 +66,7 @@ pub(crate) async fn handle(State(sh): State<Arc<Shared>>, req: Request) -> Respo
         .path_and_query()
         .map_or(path.len(), |p| p.as_str().len());
     if path == "/__emulator" || path.starts_with("/__emulator/") {
-        return admin::handle(&sh, &parts.method, &path, &raw_query, body).await;
+        return admin::handle(&sh, &parts.method, &parts.headers, &path, &raw_query, body).await;
     }
     if path == "/munchkin.js" {
         return munchkin_js::script(&sh, &parts.headers, &raw_query);
@@ -379,10 +379,15 @@ impl Call<'_> {
             store.window.pop_front();
         }
         if store.window.len() >= cfg.rate_limit as usize {
+            let w = cfg.rate_window;
+            let window = if w.subsec_millis() == 0 {
+                format!("{}", w.as_secs())
+            } else {
+                format!("{}", w.as_secs_f64())
+            };
             let msg = format!(
-                "Max rate limit '{}' exceeded with in '{}' secs",
-                cfg.rate_limit,
-                cfg.rate_window.as_secs()
+                "Max rate limit '{}' exceeded with in '{window}' secs",
+                cfg.rate_limit
             );
             return Err(Box::new(self.error("606", &msg)));
         }

@@ -187,6 +187,9 @@ impl EmulatorConfig {
         if !self.time_scale.is_finite() || self.time_scale <= 0.0 {
             return Err("time scale must be a positive number".into());
         }
+        if self.rate_limit == 0 || self.concurrency == 0 {
+            return Err("rate limit and concurrency must be at least 1".into());
+        }
         if self.rate_window.is_zero() || self.token_ttl.is_zero() {
             return Err("rate window and token lifetime must be positive".into());
         }
