@@ -1,1 +1,319 @@
-//! Browser facade (wasm32).
+//! Browser facade (wasm32): the `#[wasm_bindgen]` [`Tagger`] over the core, plus
+//! the browser I/O that is synchronous and cheap to bind — `document.cookie` and
+//! `localStorage`. Network sends (`fetch` with `keepalive`, `sendBeacon`), timers
+//! and DOM events live in the hand-written ESM facade (`js/index.js`), which calls
+//! this type; every decision (which cookie, consent, what to store, what is due,
+//! what a reply means) is made here or in [`crate::tag_queue`].
+//!
+//! Size rules (see STYLE.md): no `format!`, no `Debug`, no serde_json on these
+//! paths; results are short codes the facade turns into `IdtagError`s or outcomes.
+//! Nothing here unwraps a JS value: every missing global or throwing API falls
+//! back (no cookie, memory-only queue).
+
+use crate::cookie;
+use crate::munchkin::{self, Preferences};
+use crate::tag_queue::{Enqueued, Queue, Reply, STORAGE_KEY};
+use crate::wire::Consent;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
+use web_sys::{HtmlDocument, Storage};
+
+/// True for a Munchkin id such as `123-ABC-456` (the facade validates its config with it).
+#[wasm_bindgen(js_name = isMunchkinId)]
+pub fn is_munchkin_id(s: &str) -> bool {
+    munchkin::is_munchkin_id(s)
+}
+
+/// The identity tagger of one page: selects the `_mkto_trk` cookie, applies
+/// consent, and keeps the durable queue of tag requests.
+#[wasm_bindgen]
+pub struct Tagger {
+    prefs: Preferences,
+    consent: Consent,
+    owner: String,
+    memory: Queue,
+    storage_ok: bool,
+}
+
+fn parse_consent(s: &str) -> Option<Consent> {
+    match s {
+        "granted" => Some(Consent::Granted),
+        "denied" => Some(Consent::Denied),
+        "pending" => Some(Consent::Pending),
+        _ => None,
+    }
+}
+
+fn html_document() -> Option<HtmlDocument> {
+    let doc = web_sys::window()?.document()?;
+    Some(doc.unchecked_into::<HtmlDocument>())
+}
+
+/// `document.cookie`, or empty when there is no document or reading it throws
+/// (sandboxed frames, cookies disabled).
+fn cookie_string() -> String {
+    html_document()
+        .and_then(|d| d.cookie().ok())
+        .unwrap_or_default()
+}
+
+fn storage() -> Option<Storage> {
+    web_sys::window()?.local_storage().ok()?
+}
+
+fn non_empty(s: Option<String>) -> Option<String> {
+    s.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty())
+}
+
+#[wasm_bindgen]
+impl Tagger {
+    /// A tagger for this page. `owner` is a random id of this tab (its leases on
+    /// queue items); `consent` is `granted`, `denied` or `pending` (anything else
+    /// counts as `pending`).
+    #[wasm_bindgen(constructor)]
+    pub fn new(
+        munchkin_id: Option<String>,
+        cookie_domain: Option<String>,
+        consent: &str,
+        owner: String,
+    ) -> Tagger {
+        let mut t = Tagger {
+            prefs: Preferences {
+                munchkin_id: non_empty(munchkin_id),
+                cookie_domain: non_empty(cookie_domain),
+            },
+            consent: parse_consent(consent).unwrap_or(Consent::Pending),
+            owner,
+            memory: Queue::default(),
+            storage_ok: true,
+        };
+        t.enforce_denied();
+        t
+    }
+
+    /// True when the Munchkin opt-out cookie (`mkto_opt_out=true`) is present.
+    #[wasm_bindgen(js_name = optedOut)]
+    pub fn opted_out(&self) -> bool {
+        cookie::values_named(&cookie_string(), "mkto_opt_out").any(|v| v == "true")
+    }
+
+    /// The consent in force: `denied` when opted out, else what the page set.
+    pub fn consent(&self) -> String {
+        self.effective().as_str().to_owned()
+    }
+
+    /// Changes consent. `denied` clears stored and held work; `granted` moves
+    /// work held in memory into storage. Returns false for an unknown value.
+    #[wasm_bindgen(js_name = setConsent)]
+    pub fn set_consent(&mut self, consent: &str) -> bool {
+        let Some(c) = parse_consent(consent) else {
+            return false;
+        };
+        self.consent = c;
+        if self.enforce_denied() == Consent::Granted && !self.memory.is_empty() {
+            // An empty update merges the memory queue into storage.
+            self.with_queue(|_| ());
+        }
+        true
+    }
+
+    /// The selected `_mkto_trk` value to hand over, or `undefined` when there is
+    /// none or consent is not granted.
+    pub fn cookie(&mut self) -> Option<String> {
+        if self.enforce_denied() != Consent::Granted {
+            return None;
+        }
+        self.selected()
+    }
+
+    /// True while the queue lives in `localStorage`; false once storage was
+    /// missing or threw and the tagger fell back to memory.
+    pub fn persistent(&self) -> bool {
+        self.storage_ok && storage().is_some()
+    }
+
+    /// Stores a tag request for `token` before anything is sent. Returns
+    /// `queued`, `duplicate` (pair sent before), `consent_denied` or
+    /// `rejected:malformed`. With consent pending the request is held in memory.
+    pub fn enqueue(&mut self, token: &str, page: &str, now: f64) -> String {
+        if self.enforce_denied() == Consent::Denied {
+            return "consent_denied".into();
+        }
+        let cookie = self.selected();
+        let now = now as i64;
+        let r = self.with_queue(|q| q.enqueue(token, cookie.as_deref(), page, now));
+        match r {
+            Enqueued::Queued => "queued",
+            Enqueued::Duplicate => "duplicate",
+            Enqueued::Malformed => "rejected:malformed",
+        }
+        .into()
+    }
+
+    /// Leases every due item to this tab (filling in the cookie for items that
+    /// waited for Munchkin) and returns `[token, body, token, body, …]`: the JSON
+    /// tag requests to send now. Empty unless consent is granted.
+    pub fn claim(&mut self, now: f64) -> Vec<String> {
+        if self.enforce_denied() != Consent::Granted {
+            return Vec::new();
+        }
+        let cookie = self.selected();
+        let owner = self.owner.clone();
+        let now = now as i64;
+        self.with_queue(|q| {
+            let tokens = q.claim(&owner, cookie.as_deref(), now);
+            let mut out = Vec::with_capacity(tokens.len() * 2);
+            for t in tokens {
+                if let Some(body) = q.request_body(&t) {
+                    out.push(t);
+                    out.push(body);
+                }
+            }
+            out
+        })
+    }
+
+    /// Records the endpoint's reply for `token` (`status` 0 for a network error,
+    /// `duplicate` when the body said so) and returns `sent`, `duplicate`,
+    /// `rejected` or `retry`. `rand` in [0, 1) jitters the retry delay.
+    pub fn complete(
+        &mut self,
+        token: &str,
+        status: u16,
+        duplicate: bool,
+        now: f64,
+        rand: f64,
+    ) -> String {
+        let reply = Reply::from_status(status, duplicate);
+        if self.enforce_denied() != Consent::Denied {
+            self.with_queue(|q| q.complete(token, reply, now as i64, rand));
+        }
+        match reply {
+            Reply::Sent => "sent",
+            Reply::Duplicate => "duplicate",
+            Reply::Rejected => "rejected",
+            Reply::Retry => "retry",
+        }
+        .into()
+    }
+
+    /// True while `token` waits in the queue.
+    pub fn queued(&mut self, token: &str) -> bool {
+        self.with_queue(|q| q.contains(token))
+    }
+
+    /// When the next queued item becomes due (Unix ms), or -1 when none waits
+    /// with a cookie.
+    #[wasm_bindgen(js_name = nextDue)]
+    pub fn next_due(&mut self) -> f64 {
+        self.with_queue(|q| q.next_due_ms())
+            .map_or(-1.0, |t| t as f64)
+    }
+
+    /// Forgets the last identity (logout): clears queued work and the memory of
+    /// sent pairs, and expires the `_mkto_trk` cookie on this host and its parent
+    /// domains so Munchkin starts a new anonymous visitor for the next person.
+    pub fn reset(&mut self) {
+        self.clear_all();
+        let Some(doc) = html_document() else {
+            return;
+        };
+        let host = web_sys::window()
+            .and_then(|w| w.location().hostname().ok())
+            .unwrap_or_default();
+        for line in expire_lines(&host, self.prefs.cookie_domain.as_deref()) {
+            let _ = doc.set_cookie(&line);
+        }
+    }
+}
+
+/// `document.cookie` assignments that expire `_mkto_trk` on the host, on every
+/// parent domain of it, and on the configured cookie domain.
+fn expire_lines(host: &str, cookie_domain: Option<&str>) -> Vec<String> {
+    const TAIL: &str = "=; expires=Thu, 01 Jan 1970 00:00:00 GMT; path=/";
+    let mut domains: Vec<&str> = Vec::new();
+    let mut rest = host;
+    while !rest.is_empty() {
+        domains.push(rest);
+        rest = rest.split_once('.').map_or("", |(_, r)| r);
+    }
+    if let Some(d) = cookie_domain {
+        domains.push(d.trim_start_matches('.'));
+    }
+    let mut out = Vec::with_capacity(domains.len() + 1);
+    let base = [munchkin::COOKIE_NAME, TAIL].concat();
+    for d in domains {
+        out.push([base.as_str(), "; domain=", d].concat());
+    }
+    out.push(base);
+    out
+}
+
+impl Tagger {
+    fn effective(&self) -> Consent {
+        if self.opted_out() {
+            Consent::Denied
+        } else {
+            self.consent
+        }
+    }
+
+    /// Applies denied consent (page choice or opt-out cookie): nothing stored or held.
+    fn enforce_denied(&mut self) -> Consent {
+        let c = self.effective();
+        if c == Consent::Denied {
+            self.clear_all();
+        }
+        c
+    }
+
+    fn clear_all(&mut self) {
+        self.memory = Queue::default();
+        if let Some(s) = storage() {
+            let _ = s.remove_item(STORAGE_KEY);
+        }
+    }
+
+    fn selected(&self) -> Option<String> {
+        munchkin::select(&cookie_string(), &self.prefs)
+            .selected
+            .map(|c| c.value)
+    }
+
+    /// Runs `f` on the queue: read-modify-write of `localStorage` in one
+    /// synchronous step when consent is granted and storage works; the memory
+    /// queue otherwise (consent pending, storage missing, blocked or full).
+    fn with_queue<R>(&mut self, f: impl FnOnce(&mut Queue) -> R) -> R {
+        let store = if self.consent == Consent::Granted && self.storage_ok {
+            storage()
+        } else {
+            None
+        };
+        let Some(s) = store else {
+            return f(&mut self.memory);
+        };
+        let text = match s.get_item(STORAGE_KEY) {
+            Ok(t) => t.unwrap_or_default(),
+            Err(_) => {
+                self.storage_ok = false;
+                return f(&mut self.memory);
+            }
+        };
+        let mut q = Queue::from_text(&text);
+        let held = core::mem::take(&mut self.memory);
+        if !held.is_empty() {
+            q.merge(held, i64::MIN);
+        }
+        let r = f(&mut q);
+        let written = if q.is_empty() {
+            s.remove_item(STORAGE_KEY)
+        } else {
+            s.set_item(STORAGE_KEY, &q.to_text())
+        };
+        if written.is_err() {
+            self.storage_ok = false;
+            self.memory = q;
+        }
+        r
+    }
+}
