@@ -40,3 +40,35 @@ test-wasm:
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
 	WASM_BINDGEN_TEST_TIMEOUT=120 \
 	cargo test --target $(WASM_TARGET) --no-default-features --tests
+
+## ---- Browser SDK (npm package) ---------------------------------------------
+.PHONY: pkg test-browser test-browser-wasm test-browser-e2e bench-size bench-main-thread
+
+## Builds pkg/ and the tarball target/npm/idtag-<version>.tgz.
+pkg:
+	bash .ci/build-pkg.sh
+
+## Browser SDK tests: wasm-bindgen tests in headless Chromium, then the packed
+## tarball in Node (SSR) and in a Vite build driven by Chromium, then the size budget.
+test-browser: test-browser-wasm test-browser-e2e bench-size
+
+test-browser-wasm:
+	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
+	WASM_BINDGEN_TEST_TIMEOUT=120 \
+	timeout 900 cargo test --target $(WASM_TARGET) --no-default-features --test browser_tagger
+
+test-browser-e2e: pkg tests/js/node_modules/.package-lock.json
+	cd tests/js && IDTAG_TGZ=$$(ls -t $(CURDIR)/target/npm/idtag-*.tgz | head -1) timeout 600 node e2e.mjs
+
+tests/js/node_modules/.package-lock.json: tests/js/package-lock.json
+	cd tests/js && npm ci --no-audit --no-fund --loglevel=error
+
+## Size table (gzip bytes of what a page loads) against peers; fails over budget.
+bench-size: tests/js/node_modules/.package-lock.json
+	@test -f pkg/idtag_wasm_bg.wasm || bash .ci/build-pkg.sh
+	cd tests/js && timeout 300 node bench-size.mjs
+
+## Median load-to-completed-tag() time in headless Chromium beside peers' load-to-identify.
+bench-main-thread: tests/js/node_modules/.package-lock.json
+	@test -f pkg/idtag_wasm_bg.wasm || bash .ci/build-pkg.sh
+	cd tests/js && timeout 600 node bench-main-thread.mjs

@@ -17,11 +17,13 @@ rustup target list --installed 2>/dev/null | grep -q wasm32-unknown-unknown \
 
 # binaryen from npm, pinned: the distribution's wasm-opt may predate features rustc emits.
 tools=.ci/pkg-tools
-if [ ! -x "$tools/node_modules/.bin/wasm-opt" ]; then
+if [ ! -x "$tools/node_modules/.bin/wasm-opt" ] || [ ! -x "$tools/node_modules/.bin/terser" ]; then
   (cd "$tools" && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
-cargo build --lib --target wasm32-unknown-unknown --profile wasm-release --no-default-features
+# strip=false here: wasm-bindgen reads the target_features section; wasm-opt strips after.
+CARGO_PROFILE_WASM_RELEASE_STRIP=false \
+  cargo build --lib --target wasm32-unknown-unknown --profile wasm-release --no-default-features
 raw=target/wasm32-unknown-unknown/wasm-release/idtag.wasm
 gen=target/pkg-bindgen
 rm -rf "$gen" pkg
@@ -31,8 +33,12 @@ mkdir -p pkg target/npm
   --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext \
   --enable-mutable-globals --enable-reference-types --enable-multivalue \
   "$gen/idtag_wasm_bg.wasm" -o pkg/idtag_wasm_bg.wasm
-cp "$gen/idtag_wasm.js" pkg/
-cp js/index.js js/index.d.ts pkg/
+# The shipped JS is minified (what a page loads); js/ keeps the readable source.
+for f in "$gen/idtag_wasm.js" js/index.js; do
+  "$tools/node_modules/.bin/terser" "$f" --module --ecma 2020 --compress passes=2 --mangle \
+    --keep-classnames -o "pkg/$(basename "$f")"
+done
+cp js/index.d.ts pkg/
 cp pkg-template/README.md pkg/
 sed "s/\"version\": \"[^\"]*\"/\"version\": \"$version\"/" pkg-template/package.json > pkg/package.json
 
