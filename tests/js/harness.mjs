@@ -66,6 +66,12 @@ export async function serve(root) {
         res.writeHead(200, { 'content-type': 'text/html' });
         return res.end('<!doctype html><title>done</title>done');
       }
+      if (req.method === 'POST') {
+        // Peer SDKs' collectors in the benchmarks: accept anything.
+        state.other = (state.other || 0) + 1;
+        res.writeHead(200, { 'content-type': 'application/json', 'access-control-allow-origin': '*' });
+        return res.end('{}');
+      }
       const file = path.join(root, path.normalize(url.pathname === '/' ? '/index.html' : url.pathname));
       if (!file.startsWith(root) || !fs.existsSync(file) || fs.statSync(file).isDirectory()) {
         res.writeHead(404);
