@@ -38,6 +38,8 @@ for f in "$gen/idtag_wasm.js" js/index.js; do
   "$tools/node_modules/.bin/terser" "$f" --module --ecma 2020 --compress passes=2 --mangle \
     --keep-classnames -o "pkg/$(basename "$f")"
 done
+# wasm-bindgen copies js/io.js (the Tagger's cookie/storage imports) into snippets/.
+cp -r "$gen/snippets" pkg/
 cp js/index.d.ts pkg/
 cp pkg-template/README.md pkg/
 sed "s/\"version\": \"[^\"]*\"/\"version\": \"$version\"/" pkg-template/package.json > pkg/package.json

@@ -305,14 +305,14 @@ fn json_member<'a>(json: &'a [u8], name: &str) -> Option<&'a [u8]> {
             return None;
         }
         let key_end = string_end(json, i)?;
-        let key = &json[i + 1..key_end - 1];
+        let key = json.get(i + 1..key_end - 1)?;
         i = skip_ws(json, key_end);
         if json.get(i) != Some(&b':') {
             return None;
         }
         i = skip_ws(json, i + 1);
         if key == name.as_bytes() {
-            return Some(&json[i..]);
+            return json.get(i..);
         }
         i = value_end(json, i)?;
         i = skip_ws(json, i);
@@ -377,7 +377,7 @@ fn json_top_string(json: &[u8], name: &str) -> Option<String> {
         return None;
     }
     let end = string_end(v, 0)?;
-    unescape(&v[1..end - 1])
+    unescape(v.get(1..end - 1)?)
 }
 
 /// A top-level integer member.
@@ -387,7 +387,7 @@ fn json_top_number(json: &[u8], name: &str) -> Option<i64> {
         .iter()
         .position(|c| !(c.is_ascii_digit() || *c == b'-'))
         .unwrap_or(v.len());
-    parse_i64(core::str::from_utf8(&v[..end]).ok()?)
+    parse_i64(core::str::from_utf8(v.get(..end)?).ok()?)
 }
 
 fn unescape(raw: &[u8]) -> Option<String> {

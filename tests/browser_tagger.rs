@@ -211,3 +211,23 @@ fn reset_forgets_identity_and_cookie() {
         "_mkto_trk expired: Munchkin starts a new visitor"
     );
 }
+
+#[wasm_bindgen_test]
+fn allocator_grows_reuses_and_aligns() {
+    let mut v: Vec<u64> = Vec::new();
+    for i in 0..200_000u64 {
+        v.push(i);
+    }
+    assert_eq!(v.iter().sum::<u64>(), 199_999 * 200_000 / 2);
+    drop(v);
+    let s: Vec<String> = (0..2000).map(|i| "x".repeat(i % 97)).collect();
+    assert!(s.iter().enumerate().all(|(i, x)| x.len() == i % 97));
+    drop(s);
+    #[repr(align(4096))]
+    struct Page([u8; 4096]);
+    let pages: Vec<Box<Page>> = (0..4).map(|i| Box::new(Page([i; 4096]))).collect();
+    for (i, p) in pages.iter().enumerate() {
+        assert_eq!(&**p as *const Page as usize % 4096, 0);
+        assert!(p.0.iter().all(|&b| usize::from(b) == i));
+    }
+}

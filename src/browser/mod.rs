@@ -1,6 +1,7 @@
 //! Browser facade (wasm32): the `#[wasm_bindgen]` [`Tagger`] over the core, plus
-//! the browser I/O that is synchronous and cheap to bind — `document.cookie` and
-//! `localStorage`. Network sends (`fetch` with `keepalive`, `sendBeacon`), timers
+//! the browser I/O that is synchronous — `document.cookie` and `localStorage`,
+//! imported from five small functions in `js/io.js` (cheaper than web-sys and
+//! js-sys glue, and they catch every browser exception on the JS side). Network sends (`fetch` with `keepalive`, `sendBeacon`), timers
 //! and DOM events live in the hand-written ESM facade (`js/index.js`), which calls
 //! this type; every decision (which cookie, consent, what to store, what is due,
 //! what a reply means) is made here or in [`crate::tag_queue`].
@@ -10,13 +11,31 @@
 //! Nothing here unwraps a JS value: every missing global or throwing API falls
 //! back (no cookie, memory-only queue).
 
+mod alloc;
+
+/// The browser build's allocator (see [`alloc`]): a few hundred bytes instead of dlmalloc's ~7 KB.
+#[global_allocator]
+static ALLOC: alloc::ClassAlloc = alloc::ClassAlloc::new();
+
 use crate::cookie;
 use crate::munchkin::{self, Preferences};
 use crate::tag_queue::{Enqueued, Queue, Reply, STORAGE_KEY};
 use crate::wire::Consent;
 use wasm_bindgen::prelude::*;
-use wasm_bindgen::JsCast;
-use web_sys::{HtmlDocument, Storage};
+
+#[wasm_bindgen(module = "/js/io.js")]
+extern "C" {
+    #[wasm_bindgen(js_name = readCookie)]
+    fn read_cookie() -> String;
+    #[wasm_bindgen(js_name = writeCookie)]
+    fn write_cookie(line: &str);
+    #[wasm_bindgen(js_name = hostName)]
+    fn host_name() -> String;
+    #[wasm_bindgen(js_name = storageGet)]
+    fn storage_get(key: &str) -> Option<String>;
+    #[wasm_bindgen(js_name = storageSet)]
+    fn storage_set(key: &str, value: &str) -> bool;
+}
 
 /// True for a Munchkin id such as `123-ABC-456` (the facade validates its config with it).
 #[wasm_bindgen(js_name = isMunchkinId)]
@@ -44,21 +63,10 @@ fn parse_consent(s: &str) -> Option<Consent> {
     }
 }
 
-fn html_document() -> Option<HtmlDocument> {
-    let doc = web_sys::window()?.document()?;
-    Some(doc.unchecked_into::<HtmlDocument>())
-}
-
 /// `document.cookie`, or empty when there is no document or reading it throws
 /// (sandboxed frames, cookies disabled).
 fn cookie_string() -> String {
-    html_document()
-        .and_then(|d| d.cookie().ok())
-        .unwrap_or_default()
-}
-
-fn storage() -> Option<Storage> {
-    web_sys::window()?.local_storage().ok()?
+    read_cookie()
 }
 
 fn non_empty(s: Option<String>) -> Option<String> {
@@ -129,7 +137,7 @@ impl Tagger {
     /// True while the queue lives in `localStorage`; false once storage was
     /// missing or threw and the tagger fell back to memory.
     pub fn persistent(&self) -> bool {
-        self.storage_ok && storage().is_some()
+        self.storage_ok && storage_get(STORAGE_KEY).is_some()
     }
 
     /// Stores a tag request for `token` before anything is sent. Returns
@@ -215,14 +223,8 @@ impl Tagger {
     /// domains so Munchkin starts a new anonymous visitor for the next person.
     pub fn reset(&mut self) {
         self.clear_all();
-        let Some(doc) = html_document() else {
-            return;
-        };
-        let host = web_sys::window()
-            .and_then(|w| w.location().hostname().ok())
-            .unwrap_or_default();
-        for line in expire_lines(&host, self.prefs.cookie_domain.as_deref()) {
-            let _ = doc.set_cookie(&line);
+        for line in expire_lines(&host_name(), self.prefs.cookie_domain.as_deref()) {
+            write_cookie(&line);
         }
     }
 }
@@ -269,9 +271,7 @@ impl Tagger {
 
     fn clear_all(&mut self) {
         self.memory = Queue::default();
-        if let Some(s) = storage() {
-            let _ = s.remove_item(STORAGE_KEY);
-        }
+        storage_set(STORAGE_KEY, "");
     }
 
     fn selected(&self) -> Option<String> {
@@ -284,20 +284,17 @@ impl Tagger {
     /// synchronous step when consent is granted and storage works; the memory
     /// queue otherwise (consent pending, storage missing, blocked or full).
     fn with_queue<R>(&mut self, f: impl FnOnce(&mut Queue) -> R) -> R {
-        let store = if self.consent == Consent::Granted && self.storage_ok {
-            storage()
+        let text = if self.consent == Consent::Granted && self.storage_ok {
+            storage_get(STORAGE_KEY)
         } else {
             None
         };
-        let Some(s) = store else {
-            return f(&mut self.memory);
-        };
-        let text = match s.get_item(STORAGE_KEY) {
-            Ok(t) => t.unwrap_or_default(),
-            Err(_) => {
+        let Some(text) = text else {
+            if self.consent == Consent::Granted {
+                // Storage missing or throwing: memory from now on.
                 self.storage_ok = false;
-                return f(&mut self.memory);
             }
+            return f(&mut self.memory);
         };
         let mut q = Queue::from_text(&text);
         let held = core::mem::take(&mut self.memory);
@@ -305,12 +302,8 @@ impl Tagger {
             q.merge(held, i64::MIN);
         }
         let r = f(&mut q);
-        let written = if q.is_empty() {
-            s.remove_item(STORAGE_KEY)
-        } else {
-            s.set_item(STORAGE_KEY, &q.to_text())
-        };
-        if written.is_err() {
+        let out = if q.is_empty() { String::new() } else { q.to_text() };
+        if !storage_set(STORAGE_KEY, &out) {
             self.storage_ok = false;
             self.memory = q;
         }
