@@ -99,10 +99,10 @@ try {
       const ctx = await browser.newContext();
       const p = await ctx.newPage();
       await p.goto(`${srv.base}/${sdk}.html?t=${encodeURIComponent(token('u' + i, 'a' + i + '@example.com'))}`);
-      const done = await p.waitForFunction(() => window.__done, null, { timeout: 15000 }).then((h) => h.jsonValue());
-      if (done.error) note = done.error;
+      const done = await p.waitForFunction(() => window.__done, null, { timeout: 15000 }).then((h) => h.jsonValue(), () => ({ error: 'timed out after 15 s' }));
+      if (done.error) note = (note ? note + '; ' : '') + `run ${i}: ${done.error}`;
       else times.push(done.ms);
-      if (sdk === 'idtag' && done.outcome !== 'sent') note = 'outcome ' + done.outcome;
+      if (sdk === 'idtag' && !done.error && done.outcome !== 'sent') note = 'outcome ' + done.outcome;
       await ctx.close();
     }
     times.sort((a, b) => a - b);

@@ -55,6 +55,20 @@ await build({ root: app, logLevel: 'warn', build: { outDir: path.join(app, 'dist
 const assets = fs.readdirSync(path.join(app, 'dist', 'assets'));
 check('Vite build emits the wasm asset', assets.some((f) => f.endsWith('.wasm')), assets);
 
+// The hand-written types, compiled with tsc --strict against the installed package.
+fs.copyFileSync(path.join(here, 'types-check.ts'), path.join(app, 'types-check.ts'));
+fs.writeFileSync(path.join(app, 'tsconfig.json'), JSON.stringify({
+  compilerOptions: { strict: true, noEmit: true, target: 'es2022', module: 'esnext', moduleResolution: 'bundler', lib: ['es2022', 'dom'], skipLibCheck: false },
+  files: ['types-check.ts'],
+}));
+let tsc = '';
+try {
+  execFileSync('node', [path.join(here, 'node_modules/typescript/bin/tsc'), '-p', app], { stdio: 'pipe' });
+} catch (e) {
+  tsc = String(e.stdout || e);
+}
+check('TypeScript types: strict compile of typical and wrong uses', tsc === '', tsc);
+
 // 3. Headless Chromium against the local endpoint.
 const srv = await serve(path.join(app, 'dist'));
 const browser = await launch();
