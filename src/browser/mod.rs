@@ -283,30 +283,43 @@ impl Tagger {
     /// Runs `f` on the queue: read-modify-write of `localStorage` in one
     /// synchronous step when consent is granted and storage works; the memory
     /// queue otherwise (consent pending, storage missing, blocked or full).
+    /// Generic over `f` but thin: loading and storing are shared, not copied per caller.
     fn with_queue<R>(&mut self, f: impl FnOnce(&mut Queue) -> R) -> R {
-        let text = if self.consent == Consent::Granted && self.storage_ok {
-            storage_get(STORAGE_KEY)
-        } else {
-            None
-        };
-        let Some(text) = text else {
-            if self.consent == Consent::Granted {
-                // Storage missing or throwing: memory from now on.
-                self.storage_ok = false;
-            }
-            return f(&mut self.memory);
-        };
-        let mut q = Queue::from_text(&text);
-        let held = core::mem::take(&mut self.memory);
-        if !held.is_empty() {
-            q.merge(held, i64::MIN);
-        }
+        let (mut q, persist) = self.load();
         let r = f(&mut q);
-        let out = if q.is_empty() { String::new() } else { q.to_text() };
-        if !storage_set(STORAGE_KEY, &out) {
-            self.storage_ok = false;
-            self.memory = q;
-        }
+        self.store(q, persist);
         r
+    }
+
+    /// The queue for this call, and whether it came from storage.
+    #[inline(never)]
+    fn load(&mut self) -> (Queue, bool) {
+        if self.consent == Consent::Granted && self.storage_ok {
+            if let Some(text) = storage_get(STORAGE_KEY) {
+                let mut q = Queue::from_text(&text);
+                let held = core::mem::take(&mut self.memory);
+                if !held.is_empty() {
+                    q.merge(held, i64::MIN);
+                }
+                return (q, true);
+            }
+            // Storage missing or throwing: memory from now on.
+            self.storage_ok = false;
+        }
+        (core::mem::take(&mut self.memory), false)
+    }
+
+    /// Writes the queue back where [`Tagger::load`] found it; falls back to
+    /// memory when the write fails (quota, blocked storage).
+    #[inline(never)]
+    fn store(&mut self, q: Queue, persist: bool) {
+        if persist {
+            let out = if q.is_empty() { String::new() } else { q.to_text() };
+            if storage_set(STORAGE_KEY, &out) {
+                return;
+            }
+            self.storage_ok = false;
+        }
+        self.memory = q;
     }
 }

@@ -15,7 +15,7 @@ const root = path.join(repo, 'target', 'js-bench');
 fs.rmSync(root, { recursive: true, force: true });
 fs.mkdirSync(path.join(root, 'idtag'), { recursive: true });
 fs.mkdirSync(path.join(root, 'peers'), { recursive: true });
-for (const f of ['index.js', 'idtag_wasm.js', 'idtag_wasm_bg.wasm']) fs.copyFileSync(path.join(repo, 'pkg', f), path.join(root, 'idtag', f));
+fs.cpSync(path.join(repo, 'pkg'), path.join(root, 'idtag'), { recursive: true });
 const nm = path.join(here, 'node_modules');
 const peerFiles = {
   snowplow: '@snowplow/browser-tracker/dist/index.umd.min.js',
@@ -36,9 +36,12 @@ document.head.appendChild(s);
 fs.writeFileSync(path.join(root, 'idtag.html'), page(`<script type="module">
 const t0 = performance.now();
 const { createTagger } = await import('/idtag/index.js');
+const t1 = performance.now();
 const t = await createTagger({ endpoint: '/v1/tag' });
+const t2 = performance.now();
 const outcome = await t.tag(new URLSearchParams(location.search).get('t'));
-window.__done = { ms: performance.now() - t0, outcome };
+const t3 = performance.now();
+window.__done = { ms: t3 - t0, outcome, phases: [t1 - t0, t2 - t1, t3 - t2] };
 </script>`));
 fs.writeFileSync(path.join(root, 'snowplow.html'), classic('/peers/snowplow.js', `
 const sp = window.snowplowBrowserTracking;
@@ -102,6 +105,7 @@ try {
       const done = await p.waitForFunction(() => window.__done, null, { timeout: 15000 }).then((h) => h.jsonValue(), () => ({ error: 'timed out after 15 s' }));
       if (done.error) note = (note ? note + '; ' : '') + `run ${i}: ${done.error}`;
       else times.push(done.ms);
+      if (done.phases) (results.phases = results.phases || []).push(done.phases);
       if (sdk === 'idtag' && !done.error && done.outcome !== 'sent') note = 'outcome ' + done.outcome;
       await ctx.close();
     }
@@ -113,6 +117,10 @@ try {
   await browser.close();
   await srv.close();
 }
+const phases = results.phases || [];
+delete results.phases;
+const med = (xs) => xs.sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+const phaseNote = phases.length ? `idtag phases (median ms): import ${med(phases.map((p) => p[0])).toFixed(1)}, createTagger (wasm fetch+instantiate) ${med(phases.map((p) => p[1])).toFixed(1)}, tag() incl. POST ${med(phases.map((p) => p[2])).toFixed(1)}` : '';
 const label = {
   idtag: 'idtag: import + createTagger + await tag() (incl. POST round trip)',
   snowplow: '@snowplow/browser-tracker 4.10.1: load + newTracker + setUserId',
@@ -127,3 +135,4 @@ for (const [k, r] of Object.entries(results)) {
   const ms = (v) => (v === undefined ? 'n/a' : v.toFixed(1));
   console.log('| ' + label[k].padEnd(w) + ' | ' + ms(r.median).padStart(9) + ' | ' + ms(r.p90).padStart(6) + ' | ' + String(r.n).padStart(4) + ' |' + (r.note ? ' ' + r.note : ''));
 }
+if (phaseNote) console.log('\n' + phaseNote);
