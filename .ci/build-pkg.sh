@@ -24,8 +24,9 @@ fi
 # strip=false here: wasm-bindgen reads the target_features section; wasm-opt strips after.
 CARGO_PROFILE_WASM_RELEASE_STRIP=false \
   cargo build --lib --target wasm32-unknown-unknown --profile wasm-release --no-default-features
-raw=target/wasm32-unknown-unknown/wasm-release/idtag.wasm
-gen=target/pkg-bindgen
+tdir=${CARGO_TARGET_DIR:-target}
+raw=$tdir/wasm32-unknown-unknown/wasm-release/idtag.wasm
+gen=$tdir/pkg-bindgen
 rm -rf "$gen" pkg
 wasm-bindgen --target web --no-typescript --out-name idtag_wasm --out-dir "$gen" "$raw"
 mkdir -p pkg target/npm
