@@ -159,17 +159,32 @@ try {
     check('tag waits for a late Munchkin cookie', out.o === 'sent' && out.ms >= 250 && out.ms < 2000 && tagsFor(t).length === 1, out);
     await page.context().close();
   }
-  // No cookie: no_cookie now, sent by a later page load once the cookie exists.
+  // No cookie: no_cookie now; sent by a later page load once the cookie exists.
   {
     const page = await open();
     const t = token('nocookie', 'z@example.com');
     const o = await page.evaluate(async (t) => (await window.idtag.createTagger({ endpoint: '/v1/tag', waitForCookieMs: 200 })).tag(t), t);
     check('no cookie within waitForCookieMs: no_cookie, nothing sent', o === 'no_cookie' && tagsFor(t).length === 0, o);
-    await setCookie(page);
     await open(page, '?reload');
+    await sleep(300);
+    check('still nothing sent on leaving the page without a cookie', tagsFor(t).length === 0, tagsFor(t).length);
+    await setCookie(page);
     await page.evaluate(() => window.idtag.createTagger({ endpoint: '/v1/tag' }));
     await sleep(500);
-    check('queued request is sent by a later page load once the cookie exists', tagsFor(t).length === 1, tagsFor(t).length);
+    check('queued request is sent by a later page load once the cookie exists', tagsFor(t).length === 1 && tagsFor(t)[0].cookie === COOKIE, tagsFor(t).length);
+    await page.context().close();
+  }
+  // Cookie appears after tag() gave up, then the page is left: sendBeacon at pagehide.
+  {
+    const page = await open();
+    const t = token('beacon', 'b@example.com');
+    const o = await page.evaluate(async (t) => (await window.idtag.createTagger({ endpoint: '/v1/tag', waitForCookieMs: 100 })).tag(t), t);
+    await setCookie(page);
+    await open(page, '?after-beacon');
+    await page.evaluate(() => window.idtag.createTagger({ endpoint: '/v1/tag' }));
+    await sleep(800);
+    const r = tagsFor(t);
+    check('pagehide: pending request goes out by sendBeacon, once (next page does not resend)', o === 'no_cookie' && r.length === 1 && r[0].mode === 'no-cors', r.map((x) => x.mode));
     await page.context().close();
   }
   // Consent.

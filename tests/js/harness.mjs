@@ -42,7 +42,7 @@ export async function serve(root) {
         let r;
         try { r = JSON.parse(body); } catch { return json(400, { error: { code: 'bad_json', message: 'not JSON' } }); }
         const cookie = r && r.cookies && r.cookies._mkto_trk;
-        state.tags.push({ token: r.token, cookie, contentType: req.headers['content-type'], body: r });
+        state.tags.push({ token: r.token, cookie, contentType: req.headers['content-type'], mode: req.headers['sec-fetch-mode'], body: r });
         if (r.v !== 1 || typeof r.token !== 'string') return json(400, { error: { code: 'bad_request', message: 'v and token' } });
         let claims;
         try { claims = JSON.parse(Buffer.from(r.token.split('.')[1], 'base64url')); } catch { return json(400, { error: { code: 'malformed', message: 'token' } }); }
