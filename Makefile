@@ -50,7 +50,8 @@ pkg:
 
 ## Browser SDK tests: wasm-bindgen tests in headless Chromium, then the packed
 ## tarball in Node (SSR) and in a Vite build driven by Chromium, then the size budget.
-test-browser: test-browser-wasm test-browser-e2e bench-size
+## `pkg` first: it installs the wasm-bindgen CLI (and test runner) pinned by Cargo.lock when missing.
+test-browser: pkg test-browser-wasm test-browser-e2e bench-size
 
 test-browser-wasm:
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
