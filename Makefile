@@ -9,7 +9,7 @@ WASM_TARGET := wasm32-unknown-unknown
 WASM_BINDGEN_VERSION := $(shell sed -n '/^name = "wasm-bindgen"$$/{n;s/^version = "\(.*\)"/\1/p;}' Cargo.lock)
 CHROMEDRIVER ?= /usr/bin/chromedriver
 # Test targets compiled to wasm32 and run in headless Chromium.
-WASM_TESTS := --lib --test core_vectors --test core_tag_token
+WASM_TESTS := --lib --test core_vectors --test core_tag_token --test browser_tagger
 export CHROMEDRIVER
 
 .PHONY: help setup test check fmt-check clippy wasm-check test-native test-wasm
@@ -21,7 +21,7 @@ help:
 setup:
 	@WASM_BINDGEN_VERSION=$(WASM_BINDGEN_VERSION) bash .ci/setup.sh
 
-test: setup check test-native test-wasm
+test: setup check test-native test-wasm test-browser
 
 check: fmt-check clippy wasm-check
 
@@ -55,3 +55,30 @@ fuzz:
 	  RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir tests/fuzz $$t tests/fuzz/corpus/$$t -- \
 	    -max_total_time=$(FUZZ_SECONDS) -max_len=4096 2>&1 | tail -n 3; \
 	done
+
+## ---- Browser SDK (npm package) ---------------------------------------------
+.PHONY: pkg test-browser test-browser-e2e bench-size bench-main-thread
+
+## Builds pkg/ and the tarball target/npm/idtag-<version>.tgz.
+pkg:
+	bash .ci/build-pkg.sh
+
+## Browser SDK tests (the wasm-bindgen ones run in test-wasm): the packed tarball in
+## Node (SSR) and in a Vite build driven by headless Chromium, then the size budget.
+test-browser: pkg test-browser-e2e bench-size
+
+test-browser-e2e: pkg tests/js/node_modules/.package-lock.json
+	cd tests/js && IDTAG_TGZ=$$(ls -t $(CURDIR)/target/npm/idtag-*.tgz | head -1) timeout 600 node e2e.mjs
+
+tests/js/node_modules/.package-lock.json: tests/js/package-lock.json
+	cd tests/js && npm ci --no-audit --no-fund --loglevel=error
+
+## Size table (gzip bytes of what a page loads) against peers; fails over budget.
+bench-size: tests/js/node_modules/.package-lock.json
+	@test -f pkg/idtag_wasm_bg.wasm || bash .ci/build-pkg.sh
+	cd tests/js && timeout 300 node bench-size.mjs
+
+## Median load-to-completed-tag() time in headless Chromium beside peers' load-to-identify.
+bench-main-thread: tests/js/node_modules/.package-lock.json
+	@test -f pkg/idtag_wasm_bg.wasm || bash .ci/build-pkg.sh
+	cd tests/js && timeout 600 node bench-main-thread.mjs

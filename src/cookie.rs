@@ -64,11 +64,10 @@ fn trim_cookie_ws(s: &str) -> &str {
 }
 
 fn strip_quotes(v: &str) -> &str {
-    if v.len() >= 2 && v.starts_with('"') && v.ends_with('"') {
-        &v[1..v.len() - 1]
-    } else {
-        v
-    }
+    // No index slicing: its panic path drags string formatting into the wasm build.
+    v.strip_prefix('"')
+        .and_then(|inner| inner.strip_suffix('"'))
+        .unwrap_or(v)
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //!
 //! Layers (one crate):
 //! - **core** (every target, pure, no I/O, time passed in): [`cookie`], [`munchkin`],
-//!   [`identity`], [`tag_token`], [`wire`], [`clock`].
+//!   [`identity`], [`tag_token`], [`wire`], [`clock`], [`tag_queue`].
 //! - **browser** (wasm32 only): the `#[wasm_bindgen]` `Tagger` facade.
 //! - **server** (native, feature `server`): Marketo REST client, association
 //!   pipeline, stores, HTTP endpoint, metrics.
@@ -29,6 +29,7 @@ pub mod clock;
 pub mod cookie;
 pub mod identity;
 pub mod munchkin;
+pub mod tag_queue;
 pub mod tag_token;
 pub mod wire;
 
