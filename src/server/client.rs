@@ -203,8 +203,9 @@ struct CachedToken {
     valid_until_ms: UnixMillis,
 }
 
-/// Parses a response body into the envelope's result, or the first error.
-fn parse_envelope(body: &[u8]) -> Result<Vec<Value>, MarketoError> {
+/// Parses a response body into the envelope's result, or the first error
+/// (`success:false`); record-level outcomes are read with [`record_outcomes`].
+pub fn parse_envelope(body: &[u8]) -> Result<Vec<Value>, MarketoError> {
     let env: Envelope =
         serde_json::from_slice(body).map_err(|e| MarketoError::Decode(e.to_string()))?;
     if !env.success {
@@ -530,6 +531,20 @@ impl MarketoClient {
             }
         }
         Ok(found)
+    }
+
+    /// The ids of the leads a `_mkto_trk` value is associated with
+    /// (`filterType=cookies`); used to check work interrupted by a crash.
+    pub async fn leads_with_cookie(&self, cookie_value: &str) -> Result<Vec<i64>, MarketoError> {
+        let path = format!(
+            "/rest/v1/leads.json?filterType=cookies&filterValues={}&fields=id",
+            utf8_percent_encode(cookie_value, QUERY_VALUE)
+        );
+        let result = self.call("leads_lookup", &path, &Method::Get).await?;
+        Ok(result
+            .iter()
+            .filter_map(|r| r.get("id").and_then(Value::as_i64))
+            .collect())
     }
 
     /// createOrUpdate by email (≤ 300 per call); outcomes in input order.

@@ -22,7 +22,7 @@ mod pipeline;
 mod store;
 
 pub use client::{
-    associate_path, record_outcomes, FoundLead, MarketoClient, MarketoConfig, MarketoError,
+    associate_path, parse_envelope, record_outcomes, FoundLead, MarketoClient, MarketoConfig, MarketoError,
     RecordOutcome, MAX_BATCH, MAX_URI_BYTES,
 };
 pub use metrics::{Gauges, Metrics};

@@ -290,6 +290,7 @@ impl Worker {
         // 2. associate each new pair once (one item per token per round).
         let mut seen_tokens = HashSet::new();
         let mut calls = tokio::task::JoinSet::new();
+        let mut to_call = Vec::new();
         for item in items.iter_mut() {
             if item.lead_id.is_none() {
                 item.lead_id = resolved.get(&item.person_key).copied();
@@ -320,9 +321,23 @@ impl Worker {
                     ConflictPolicy::Reassociate => self.metrics.conflict("reassociate"),
                 }
             }
+            to_call.push((lead_id, item.clone()));
+        }
+        let ids: Vec<i64> = to_call.iter().map(|(_, i)| i.id).collect();
+        if !ids.is_empty() {
+            blocking(&self.store, move |s| s.mark_in_flight(&ids)).await?;
+        }
+        for (lead_id, item) in to_call {
             let client = self.client.clone();
-            let item = item.clone();
             calls.spawn(async move {
+                if item.in_flight {
+                    // A call was started before a crash: ask Marketo before repeating it.
+                    if let Ok(leads) = client.leads_with_cookie(&item.cookie_value).await {
+                        if leads.contains(&lead_id) {
+                            return (item, Ok(()));
+                        }
+                    }
+                }
                 let r = client.associate(lead_id, &item.cookie_value).await;
                 (item, r)
             });

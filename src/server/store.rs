@@ -124,6 +124,9 @@ pub struct OutboxItem {
     pub next_attempt_ms: UnixMillis,
     /// Last failure reason.
     pub reason: Option<String>,
+    /// An associate call was started and its outcome never recorded (a crash):
+    /// check Marketo before calling again.
+    pub in_flight: bool,
 }
 
 /// What became of an item after a try.
@@ -182,6 +185,8 @@ pub trait Store: Send + Sync + 'static {
     fn set_lead(&self, person_key: &str, lead_id: i64) -> Result<(), StoreError>;
     /// The person a token was last associated with (a `done` item).
     fn token_owner(&self, token: &str) -> Result<Option<String>, StoreError>;
+    /// Marks items whose associate call is about to start (cleared by `record`).
+    fn mark_in_flight(&self, ids: &[i64]) -> Result<(), StoreError>;
     /// Records what became of an item.
     fn record(&self, id: i64, outcome: &Outcome) -> Result<(), StoreError>;
     /// Counts by state, oldest pending, dead reasons.
@@ -262,6 +267,7 @@ impl Store for MemoryStore {
                     attempts: 0,
                     next_attempt_ms: 0,
                     reason: None,
+                    in_flight: false,
                 },
             );
             out.push(Enqueued::Queued);
@@ -310,11 +316,22 @@ impl Store for MemoryStore {
         Ok(g.owners.get(token).cloned())
     }
 
+    fn mark_in_flight(&self, ids: &[i64]) -> Result<(), StoreError> {
+        let mut g = self.inner.lock().map_err(|_| StoreError::Poisoned)?;
+        for id in ids {
+            if let Some(i) = g.items.get_mut(id) {
+                i.in_flight = true;
+            }
+        }
+        Ok(())
+    }
+
     fn record(&self, id: i64, outcome: &Outcome) -> Result<(), StoreError> {
         let mut g = self.inner.lock().map_err(|_| StoreError::Poisoned)?;
         let Some(item) = g.items.get_mut(&id) else {
             return Ok(());
         };
+        item.in_flight = false;
         let mut owner = None;
         match outcome {
             Outcome::Done => {
@@ -390,6 +407,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     attempts INTEGER NOT NULL DEFAULT 0,
     next_attempt_ms INTEGER NOT NULL DEFAULT 0,
     reason TEXT,
+    in_flight INTEGER NOT NULL DEFAULT 0,
     UNIQUE (token, person_key)
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_attempt_ms);
@@ -450,6 +468,7 @@ fn row_item(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxItem> {
         attempts: r.get(10)?,
         next_attempt_ms: r.get(11)?,
         reason: r.get(12)?,
+        in_flight: r.get::<_, i64>(13)? != 0,
     })
 }
 
@@ -494,7 +513,7 @@ impl Store for SqliteStore {
         let conn = self.conn()?;
         let mut st = conn.prepare_cached(
             "SELECT id, token, cookie_value, person_key, email, lead_id, event, consent, captured_at_ms,
-                    state, attempts, next_attempt_ms, reason
+                    state, attempts, next_attempt_ms, reason, in_flight
              FROM outbox WHERE state = 'pending' AND next_attempt_ms <= ?1 ORDER BY id LIMIT ?2",
         )?;
         let rows = st.query_map(params![now_ms, i64::try_from(limit).unwrap_or(i64::MAX)], row_item)?;
@@ -548,9 +567,23 @@ impl Store for SqliteStore {
             .optional()?)
     }
 
+    fn mark_in_flight(&self, ids: &[i64]) -> Result<(), StoreError> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        {
+            let mut st = tx.prepare_cached("UPDATE outbox SET in_flight = 1 WHERE id = ?1")?;
+            for id in ids {
+                st.execute(params![id])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     fn record(&self, id: i64, outcome: &Outcome) -> Result<(), StoreError> {
         let mut conn = self.conn()?;
         let tx = conn.transaction()?;
+        tx.execute("UPDATE outbox SET in_flight = 0 WHERE id = ?1", params![id])?;
         match outcome {
             Outcome::Done => {
                 tx.execute(
