@@ -182,6 +182,10 @@ impl Worker {
 
     fn failure_outcome(&self, item: &OutboxItem, err: &MarketoError) -> Outcome {
         let now = self.clock.now_ms();
+        if let MarketoError::Auth(_) = err {
+            // Credentials refused: a configuration problem, not the item's fault.
+            return Outcome::Defer { at_ms: now + 60_000 };
+        }
         match err.class() {
             ErrorClass::Quota => Outcome::Defer {
                 at_ms: err.retry_after().unwrap_or(now + 60_000),
