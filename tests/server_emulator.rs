@@ -20,6 +20,7 @@ fn marketo_config(emu: &Emulator) -> MarketoConfig {
     m.token_margin = Duration::from_secs(1);
     m.backoff.base_ms = 20;
     m.backoff.max_ms = 200;
+    m.http_timeout = Duration::from_secs(2);
     m
 }
 
@@ -274,24 +275,30 @@ async fn token_at_zero_seconds_is_not_cached() {
 
 #[tokio::test]
 async fn rate_and_concurrency_limits_back_off_to_a_typed_error() {
+    // Emulated time 20× faster (1 s window); the emulator allows 2 calls per window.
     let cfg = EmulatorConfig {
         rate_limit: 2,
         concurrency: 1,
+        time_scale: 20.0,
         ..EmulatorConfig::default()
     };
     let emu = Emulator::start(cfg).await.unwrap();
-    let (c, metrics) = client(&emu, Arc::new(SystemClock));
+    let mut m = marketo_config(&emu);
+    m.pacing.rate_window = Duration::from_secs(1);
+    let metrics = Arc::new(Metrics::default());
+    let c = MarketoClient::new(m, Arc::new(SystemClock), metrics.clone()).unwrap();
     let mut last = None;
     for _ in 0..4 {
         if let Err(e) = c.lookup_by_email(&["a@example.com".into()]).await {
             last = Some(e);
+            break;
         }
     }
     let e = last.expect("606 after the emulator's window is used up");
     assert_eq!(e.class(), ErrorClass::RateLimited);
     assert!(e.is_retryable());
-    // bounded: default 4 attempts for the failing call
-    assert!(metrics.marketo_calls(Some("leads_lookup"), Some("606")) >= 4);
+    // bounded: 4 attempts for the failing call, then the typed error
+    assert_eq!(metrics.marketo_calls(Some("leads_lookup"), Some("606")), 4);
     emu.shutdown().await;
 }
 
@@ -508,21 +515,40 @@ async fn permanent_failures_are_dead_lettered_with_the_reason() {
 
 #[tokio::test]
 async fn transient_faults_are_retried_until_done() {
-    let emu = Emulator::start(EmulatorConfig::default()).await.unwrap();
+    let cfg = EmulatorConfig {
+        rate_limit: 10_000,
+        ..EmulatorConfig::default()
+    };
+    let emu = Emulator::start(cfg).await.unwrap();
     admin_post(
         &emu,
         "faults",
         serde_json::json!({"share_502": 0.3, "share_608": 0.2}),
     )
     .await;
-    let idtag = Idtag::builder(config(&emu)).build().await.unwrap();
+    let mut c = config(&emu);
+    c.marketo.pacing.rate_limit = 1_000;
+    let store = Arc::new(idtag::server::MemoryStore::new());
+    let idtag = Idtag::builder(c)
+        .store(store.clone())
+        .build()
+        .await
+        .unwrap();
     for i in 0..20 {
         idtag
             .associate(&format!("t{i}@example.com"), &header(i), Event::Login)
             .await
             .unwrap();
     }
-    assert!(idtag.flush(Duration::from_secs(20)).await);
+    let drained = idtag.flush(Duration::from_secs(20)).await;
+    assert!(
+        drained,
+        "{:?}\n{:?}\n{}\n{}",
+        store.due(i64::MAX, 10),
+        idtag.status().await,
+        idtag.metrics_text().await,
+        admin(&emu, "calls").await
+    );
     assert_eq!(idtag.status().await.unwrap().counts.get("done"), Some(&20));
     idtag.shutdown().await;
     emu.shutdown().await;

@@ -422,11 +422,13 @@ impl MarketoClient {
                     return Err(MarketoError::Quota { until_ms: p.until_ms });
                 }
                 class if class.is_retryable() => {
-                    if matches!(
-                        class,
-                        ErrorClass::RateLimited | ErrorClass::ConcurrencyLimited
-                    ) {
-                        self.pacer.slow_down();
+                    match class {
+                        ErrorClass::RateLimited => self.pacer.slow_down(),
+                        ErrorClass::ConcurrencyLimited => {
+                            self.pacer.slow_down();
+                            self.pacer.lower_concurrency();
+                        }
+                        _ => {}
                     }
                     failures += 1;
                     match self.cfg.backoff.decide(failures, rand::random::<f64>()) {

@@ -71,7 +71,7 @@ pub struct Paused {
 pub struct Pacer {
     cfg: PacingConfig,
     window: Mutex<RateWindow>,
-    in_flight: Semaphore,
+    in_flight: Arc<Semaphore>,
     epoch: Instant,
     clock: Arc<dyn Clock>,
     paused_until: AtomicI64,
@@ -92,7 +92,7 @@ impl Pacer {
         let window_ms = u64::try_from(cfg.rate_window.as_millis()).unwrap_or(20_000);
         Self {
             window: Mutex::new(RateWindow::new(cfg.rate_limit, window_ms)),
-            in_flight: Semaphore::new(cfg.concurrency.max(1)),
+            in_flight: Arc::new(Semaphore::new(cfg.concurrency.max(1))),
             epoch: Instant::now(),
             paused_until: AtomicI64::new(0),
             day_reset_at: AtomicI64::new(next_central_midnight_ms(now)),
@@ -197,6 +197,24 @@ impl Pacer {
         let now = self.mono_ms();
         if let Ok(mut w) = self.window.lock() {
             w.slow_down(now);
+        }
+    }
+
+    /// The platform said 615: hold one in-flight slot back for two rate windows
+    /// (never the last one). Needs a tokio runtime.
+    pub fn lower_concurrency(&self) {
+        if self.cfg.concurrency <= 1 || self.in_flight.available_permits() == 0 {
+            return;
+        }
+        let sem = self.in_flight.clone();
+        let hold = self.cfg.rate_window * 2;
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                if let Ok(permit) = sem.acquire_owned().await {
+                    tokio::time::sleep(hold).await;
+                    drop(permit);
+                }
+            });
         }
     }
 
