@@ -468,7 +468,6 @@ impl Idtag {
     pub async fn flush(&self, timeout: Duration) -> bool {
         let start = Instant::now();
         loop {
-            self.inner.client.pacer().paused();
             match pipeline::blocking(&self.inner.store, |s| s.status()).await {
                 Ok(st) if st.pending() == 0 => return true,
                 _ => {}

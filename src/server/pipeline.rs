@@ -38,7 +38,8 @@ impl std::str::FromStr for ConflictPolicy {
 pub struct WorkerConfig {
     /// Items claimed per round (also the lead batch size; ≤ 300).
     pub batch: usize,
-    /// Failed attempts before an item is dead-lettered.
+    /// Failed attempts before an item is dead-lettered (default 30: with the
+    /// default backoff, about a day of outage).
     pub max_attempts: u32,
     /// Delay between attempts of one item.
     pub item_backoff: Backoff,
@@ -52,7 +53,7 @@ impl Default for WorkerConfig {
     fn default() -> Self {
         Self {
             batch: 300,
-            max_attempts: 12,
+            max_attempts: 30,
             item_backoff: Backoff {
                 base_ms: 2_000,
                 max_ms: 3_600_000,
