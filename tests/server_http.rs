@@ -346,6 +346,23 @@ async fn rust_api_validates_before_enqueueing() {
         assert!(!e.is_retryable());
     }
     assert_eq!(s.items().await, 1);
+    // the form hook's field value, percent-encoded once by the browser
+    let encoded = COOKIE.replace(':', "%3A").replace('&', "%26");
+    assert_eq!(
+        s.idtag
+            .associate_value("jane@example.com", &encoded, Event::Login)
+            .await,
+        Ok(TagStatus::Duplicate)
+    );
+    assert_eq!(
+        s.idtag
+            .associate_value("jane@example.com", "null", Event::Login)
+            .await
+            .unwrap_err()
+            .code(),
+        "placeholder"
+    );
+    assert_eq!(s.items().await, 1);
     s.idtag.shutdown().await;
     let e = s
         .idtag

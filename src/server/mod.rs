@@ -372,6 +372,23 @@ impl Idtag {
         self.enqueue_value(email, cookie, event, Consent::Granted, None).await
     }
 
+    /// Like [`associate`](Self::associate), for a bare `_mkto_trk` value, e.g. the
+    /// `_mkt_trk` hidden field the form hook adds (percent-encoded or raw).
+    pub async fn associate_value(
+        &self,
+        email: &str,
+        value: &str,
+        event: Event,
+    ) -> Result<TagStatus, IntakeError> {
+        match munchkin::parse_value(value) {
+            Ok(cookie) => {
+                self.enqueue_value(email, cookie, event, Consent::Granted, None)
+                    .await
+            }
+            Err(r) => self.rejected(IntakeError::Cookie(r)),
+        }
+    }
+
     fn rejected(&self, e: IntakeError) -> Result<TagStatus, IntakeError> {
         self.inner.metrics.request(e.code());
         Err(e)
