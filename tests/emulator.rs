@@ -476,9 +476,35 @@ async fn sync_leads_results_in_input_order_with_record_level_reasons() {
 }
 
 #[tokio::test]
+async fn a_cookie_pushed_in_a_sync_record_loses_its_anonymous_history() {
+    let env = Env::start(EmulatorConfig::default()).await;
+    env.visit(TOKEN, "%2Fbefore").await;
+    let v = env
+        .sync("createOrUpdate", json!([{"email": "a@x.com", "cookies": COOKIE}, {"email": "b@x.com", "cookies": "id:123-ABC-456"}]))
+        .await
+        .json();
+    assert_eq!(v["result"][0]["status"], "created");
+    assert_eq!(v["result"][1]["reasons"][0]["code"], "1012");
+    env.visit(TOKEN, "%2Fafter").await;
+    let leads = env.admin("GET", "leads", None).await;
+    assert_eq!(leads["anonymous"], json!([]));
+    let urls: Vec<&str> = leads["leads"][0]["activity"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["url"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        urls,
+        vec!["/after"],
+        "the anonymous view before the push is gone"
+    );
+}
+
+#[tokio::test]
 async fn concurrent_upserts_of_one_email_can_create_duplicates() {
     let env = Env::start(EmulatorConfig::default()).await;
-    env.admin("POST", "faults", Some(json!({"latency_ms": 300})))
+    env.admin("POST", "faults", Some(json!({"latency_ms": 800})))
         .await;
     let (x, y) = tokio::join!(
         env.sync("createOrUpdate", json!([{"email": "dup@x.com"}])),
@@ -789,7 +815,7 @@ async fn call_101_inside_one_window_gets_606() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eleventh_concurrent_call_gets_615() {
     let env = Arc::new(Env::start(EmulatorConfig::default()).await);
-    env.admin("POST", "faults", Some(json!({"latency_ms": 1500})))
+    env.admin("POST", "faults", Some(json!({"latency_ms": 2500})))
         .await;
     let mut slow = Vec::new();
     for _ in 0..10 {
@@ -803,7 +829,7 @@ async fn eleventh_concurrent_call_gets_615() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
         waited += 10;
-        assert!(waited < 1400, "the 10 slow calls did not all start");
+        assert!(waited < 2300, "the 10 slow calls did not all start");
     }
     let r = env.lookup_email("a@x.com").await;
     assert_eq!(r.code().as_deref(), Some("615"));
@@ -984,4 +1010,181 @@ async fn munchkin_script_is_served_with_the_instance_id_and_base_url() {
     assert!(String::from_utf8(r.body)
         .unwrap()
         .contains("var AUTO = false;"));
+}
+
+// ---------------------------------------------------------------- hostile input
+
+#[tokio::test]
+async fn bad_input_gets_an_answer_never_a_dropped_connection() {
+    let env = Env::start(EmulatorConfig::default()).await;
+    let a = env.create("a@x.com").await;
+    let auth = env.auth();
+    let json_h: &[(&str, &str)] = &[
+        ("Authorization", &auth),
+        ("Content-Type", "application/json"),
+    ];
+    let cases: Vec<(&str, String, &[u8], Option<&str>)> = vec![
+        (
+            "GET",
+            "/rest/v1/leads.json?filterType=%FF%FE&filterValues=%ZZ".into(),
+            b"",
+            Some("1003"),
+        ),
+        (
+            "GET",
+            "/rest/v1/leads.json?filterType=id&filterValues=99999999999999999999999".into(),
+            b"",
+            Some("1003"),
+        ),
+        (
+            "GET",
+            "/rest/v1/leads.json?filterType=email&filterValues=,,,".into(),
+            b"",
+            Some("1003"),
+        ),
+        (
+            "POST",
+            "/rest/v1/leads.json".into(),
+            br#"{"input":[1,"x",null,[],{"email":{"a":1}}]}"#,
+            None,
+        ),
+        (
+            "POST",
+            "/rest/v1/leads.json".into(),
+            br#"{"action":5,"input":"x"}"#,
+            Some("1003"),
+        ),
+        ("POST", "/rest/v1/leads.json".into(), b"[]", Some("609")),
+        (
+            "POST",
+            "/rest/v1/leads.json".into(),
+            br#"{"lookupField":"id","input":[{"id":-1},{"id":"x"},{"id":1e300}]}"#,
+            None,
+        ),
+        (
+            "POST",
+            "/rest/v1/leads/%FF/associate.json?cookie=%".into(),
+            b"",
+            Some("1004"),
+        ),
+        (
+            "POST",
+            "/rest/v1/leads/18446744073709551616/associate.json".into(),
+            b"",
+            Some("1004"),
+        ),
+        (
+            "POST",
+            "/rest/v1/leads//associate.json".into(),
+            b"",
+            Some("1004"),
+        ),
+        (
+            "POST",
+            format!("/rest/v1/leads/{a}/associate.json?cookie=%E2%82"),
+            b"",
+            Some("1012"),
+        ),
+        (
+            "POST",
+            format!(
+                "/rest/v1/leads/{a}/associate.json?cookie={}",
+                "x".repeat(8000)
+            ),
+            b"",
+            Some("1012"),
+        ),
+        ("DELETE", "/rest/v1/leads.json".into(), b"", Some("605")),
+    ];
+    for (method, target, body, code) in cases {
+        let r = send(env.addr(), method, &target, json_h, body).await;
+        assert_eq!(r.status, 200, "{method} {target}");
+        let v = r.json();
+        match code {
+            Some(c) => assert_eq!(v["errors"][0]["code"], c, "{method} {target}: {v}"),
+            None => assert_eq!(v["success"], true, "{method} {target}: {v}"),
+        }
+    }
+    for h in ["Bearer", "Basic abc", "bearer  "] {
+        let r = send(
+            env.addr(),
+            "GET",
+            "/rest/v1/leads.json?filterType=id&filterValues=1",
+            &[("Authorization", h)],
+            b"",
+        )
+        .await;
+        assert_eq!(r.code().as_deref(), Some("601"), "{h:?}");
+    }
+    let r = send(
+        env.addr(),
+        "GET",
+        "/identity/oauth/token?grant_type=client_credentials&client_id=%FF&client_secret=",
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    for body in [
+        &br#"{"latency_ms":-1}"#[..],
+        br#"{"share_502":"x"}"#,
+        b"not json",
+        br#"{"latency_ms":999999999}"#,
+    ] {
+        let r = send(env.addr(), "POST", "/__emulator/faults", &[], body).await;
+        assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(body));
+    }
+    assert_eq!(
+        send(env.addr(), "GET", "/webevents/visitWebPage", &[], b"")
+            .await
+            .status,
+        400
+    );
+    assert_eq!(
+        send(
+            env.addr(),
+            "GET",
+            "/__emulator/log?limit=999999999999999999999",
+            &[],
+            b""
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(
+        send(env.addr(), "GET", "/__emulator/nothing", &[], b"")
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        send(env.addr(), "GET", "/favicon.ico", &[], b"")
+            .await
+            .status,
+        404
+    );
+}
+
+#[tokio::test]
+async fn update_by_id_can_change_the_email_a_lead_is_found_by() {
+    let env = Env::start(EmulatorConfig::default()).await;
+    let a = env.create("old@x.com").await;
+    let v = env
+        .post_json(
+            "/rest/v1/leads.json",
+            &json!({"action": "updateOnly", "lookupField": "id", "input": [{"id": a, "email": "New@x.com"}, {"id": 424242}]}),
+        )
+        .await
+        .json();
+    assert_eq!(v["result"][0], json!({"id": a, "status": "updated"}));
+    assert_eq!(v["result"][1]["reasons"][0]["code"], "1004");
+    assert_eq!(
+        env.lookup_email("old@x.com").await.json()["result"],
+        json!([])
+    );
+    assert_eq!(
+        env.lookup_email("new@X.com").await.json()["result"][0]["id"],
+        a
+    );
 }

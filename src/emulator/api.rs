@@ -276,7 +276,6 @@ impl Call<'_> {
                 let msg = format!("Request method '{}' not supported", self.method);
                 return self.error("605", &msg);
             }
-            Op::Unknown => return self.error("610", "Requested resource not found"),
             _ => {}
         }
         let fault = self.roll_fault();
@@ -311,7 +310,8 @@ impl Call<'_> {
                 sleep(latency).await;
                 self.associate(&id, headers, &query)
             }
-            _ => self.error("611", "System error"),
+            Op::Unknown => self.error("610", "Requested resource not found"),
+            Op::Identity | Op::BadMethod(_) => self.error("611", "System error"),
         };
         drop(slot);
         answer
@@ -701,10 +701,7 @@ fn sync_one(
         }
         (_, 1, _) => {
             let id = found[0];
-            if let Some(lead) = store.leads.get_mut(&id) {
-                lead.fields.extend(fields);
-                lead.updated_ms = now;
-            }
+            store.update_lead(id, fields, now);
             (id, "updated")
         }
         _ => return Err(("1007", "Multiple leads match the lookup criteria".into())),

@@ -33,7 +33,7 @@
 //!   with `Content-Type: application/json` (else 612): 1012 invalid cookie, 1004 unknown lead.
 //! - Limits: rolling window (606), concurrency (615), daily quota until 00:00
 //!   America/Chicago (607); URI over 8 KB → HTTP 414; body over 1 MB → HTTP 413;
-//!   wrong method → 605; unknown `/rest/` path → 610. 601/602/604/605/608/611
+//!   wrong method → 605; unknown `/rest/` path → 610 (after auth and limits). 601/602/604/605/608/611
 //!   and identity calls do not count against the window or quota; neither do
 //!   calls refused with 606/607/615 (unconfirmed; the emulator's choice).
 //! - `GET /munchkin.js`: a Munchkin-like script that sets `_mkto_trk` in the genuine format
@@ -93,6 +93,9 @@ use store::Store;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+/// Longest latency that can be added to calls.
+pub const MAX_LATENCY: Duration = Duration::from_secs(600);
+
 /// Faults the emulator injects into REST calls (identity calls are never faulted).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FaultConfig {
@@ -119,6 +122,9 @@ impl FaultConfig {
         }
         if shares.iter().sum::<f64>() > 1.0 + 1e-9 {
             return Err("fault shares must sum to at most 1".into());
+        }
+        if self.latency > MAX_LATENCY {
+            return Err("added latency must be at most 600 s".into());
         }
         Ok(())
     }

@@ -135,6 +135,8 @@ pub(crate) struct Store {
     pub(crate) tokens: HashMap<String, IssuedToken>,
     pub(crate) current_token: Option<String>,
     pub(crate) leads: BTreeMap<u64, Lead>,
+    /// Lead ids by lower-cased email (several when duplicates were created).
+    email_index: HashMap<String, Vec<u64>>,
     pub(crate) next_lead_id: u64,
     pub(crate) visitors: HashMap<String, Visitor>,
     /// Emulated times of the calls counted in the rolling window.
@@ -158,6 +160,7 @@ impl Store {
             tokens: HashMap::new(),
             current_token: None,
             leads: BTreeMap::new(),
+            email_index: HashMap::new(),
             next_lead_id: 1001,
             visitors: HashMap::new(),
             window: VecDeque::new(),
@@ -222,29 +225,53 @@ impl Store {
 
     /// Leads whose email equals `email`, ignoring ASCII case, by id.
     pub(crate) fn leads_by_email(&self, email: &str) -> Vec<u64> {
-        self.leads
-            .values()
-            .filter(|l| l.email().is_some_and(|e| e.eq_ignore_ascii_case(email)))
-            .map(|l| l.id)
-            .collect()
+        self.email_index
+            .get(&email.to_ascii_lowercase())
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Creates a lead and returns its id.
     pub(crate) fn create_lead(&mut self, fields: Map<String, Value>, now_ms: i64) -> u64 {
         let id = self.next_lead_id;
         self.next_lead_id += 1;
-        self.leads.insert(
+        let lead = Lead {
             id,
-            Lead {
-                id,
-                fields,
-                created_ms: now_ms,
-                updated_ms: now_ms,
-                cookies: Vec::new(),
-                activity: Vec::new(),
-            },
-        );
+            fields,
+            created_ms: now_ms,
+            updated_ms: now_ms,
+            cookies: Vec::new(),
+            activity: Vec::new(),
+        };
+        if let Some(e) = lead.email() {
+            self.email_index
+                .entry(e.to_ascii_lowercase())
+                .or_default()
+                .push(id);
+        }
+        self.leads.insert(id, lead);
         id
+    }
+
+    /// Merges `fields` into a lead, keeping the email index current.
+    pub(crate) fn update_lead(&mut self, id: u64, fields: Map<String, Value>, now_ms: i64) {
+        let Some(lead) = self.leads.get_mut(&id) else {
+            return;
+        };
+        let old = lead.email().map(str::to_ascii_lowercase);
+        lead.fields.extend(fields);
+        lead.updated_ms = now_ms;
+        let new = lead.email().map(str::to_ascii_lowercase);
+        if old != new {
+            if let Some(ids) = old.and_then(|o| self.email_index.get_mut(&o)) {
+                ids.retain(|i| *i != id);
+            }
+            if let Some(n) = new {
+                let ids = self.email_index.entry(n).or_default();
+                ids.push(id);
+                ids.sort_unstable();
+            }
+        }
     }
 
     /// Binds a visitor token to a lead (associate). Anonymous views move onto
