@@ -625,3 +625,40 @@ async fn a_crash_mid_drain_then_restart_delivers_each_association_exactly_once()
     emu.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn graceful_shutdown_is_prompt_and_the_next_start_finishes_the_work() {
+    let dir = std::env::temp_dir().join(format!("idtag-graceful-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let emu = Emulator::start(EmulatorConfig::default()).await.unwrap();
+    let mut c = config(&emu);
+    c.store = StoreConfig::Sqlite(dir.join("outbox.db"));
+    // a slow budget: 6 calls per 20 s, so the backlog cannot drain now
+    c.marketo.pacing.rate_limit = 6;
+    let first = Idtag::builder(c.clone()).build().await.unwrap();
+    for i in 0..20 {
+        first
+            .associate("g@example.com", &header(i), Event::Login)
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = std::time::Instant::now();
+    first.shutdown().await;
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "shutdown took {:?}",
+        t.elapsed()
+    );
+    let left = first.status().await.unwrap().pending();
+    assert!(left > 0);
+    c.marketo.pacing.rate_limit = 50;
+    let second = Idtag::builder(c).build().await.unwrap();
+    assert!(second.flush(Duration::from_secs(10)).await);
+    let calls = admin(&emu, "calls").await;
+    assert_eq!(n(&calls, &["by_endpoint", "associate"]), 20, "{calls}");
+    second.shutdown().await;
+    emu.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -143,17 +143,28 @@ pub(crate) struct Worker {
 
 impl Worker {
     pub async fn run(mut self) {
+        let mut logged_pause = None;
         loop {
             if *self.stop.borrow() {
                 break;
             }
             if let Some(p) = self.client.pacer().paused() {
-                let left = p.until_ms.saturating_sub(self.clock.now_ms());
-                tracing::info!(until_ms = p.until_ms, left_ms = left, "calls paused until the daily reset");
+                if logged_pause != Some(p.until_ms) {
+                    logged_pause = Some(p.until_ms);
+                    let left = p.until_ms.saturating_sub(self.clock.now_ms());
+                    tracing::warn!(until_ms = p.until_ms, left_ms = left, "Marketo calls paused until the daily reset");
+                }
                 self.idle(Duration::from_millis(50)).await;
                 continue;
             }
-            match self.round().await {
+            let mut stop = self.stop.clone();
+            let round = tokio::select! {
+                r = self.round() => r,
+                // Graceful stop: drop the round (its calls are cancelled; items
+                // marked in flight are checked against Marketo on the next start).
+                _ = stop.changed() => break,
+            };
+            match round {
                 Ok(true) => continue,
                 Ok(false) => {
                     let wait = match blocking(&self.store, |s| s.next_due()).await {
@@ -328,13 +339,17 @@ impl Worker {
             }
             to_call.push((lead_id, item.clone()));
         }
-        let ids: Vec<i64> = to_call.iter().map(|(_, i)| i.id).collect();
-        if !ids.is_empty() {
-            blocking(&self.store, move |s| s.mark_in_flight(&ids)).await?;
-        }
+        // At most `concurrency` calls are marked in flight at a time, so a crash
+        // leaves only those few to be checked against Marketo on restart.
+        let slots = Arc::new(tokio::sync::Semaphore::new(
+            self.client.config().pacing.concurrency.max(1),
+        ));
         for (lead_id, item) in to_call {
             let client = self.client.clone();
+            let store = self.store.clone();
+            let slots = slots.clone();
             calls.spawn(async move {
+                let _slot = slots.acquire_owned().await;
                 if item.in_flight {
                     // A call was started before a crash: ask Marketo before repeating it.
                     if let Ok(leads) = client.leads_with_cookie(&item.cookie_value).await {
@@ -342,6 +357,10 @@ impl Worker {
                             return (item, Ok(()));
                         }
                     }
+                }
+                let id = item.id;
+                if let Err(e) = blocking(&store, move |s| s.mark_in_flight(&[id])).await {
+                    return (item, Err(MarketoError::Transport(format!("store: {e}"))));
                 }
                 let r = client.associate(lead_id, &item.cookie_value).await;
                 (item, r)
