@@ -25,8 +25,8 @@ pub const MAX_URI_BYTES: usize = 8 * 1024;
 /// Largest lead batch Marketo accepts.
 pub const MAX_BATCH: usize = 300;
 
-/// Where and how to reach one Marketo instance.
-#[derive(Debug, Clone)]
+/// Where and how to reach one Marketo instance. `Debug` never shows the secret.
+#[derive(Clone)]
 pub struct MarketoConfig {
     /// REST base URL, e.g. `https://123-ABC-456.mktorest.com` (no trailing `/rest`).
     pub base_url: String,
@@ -44,6 +44,21 @@ pub struct MarketoConfig {
     pub token_margin: Duration,
     /// Timeout of one HTTP request.
     pub http_timeout: Duration,
+}
+
+impl std::fmt::Debug for MarketoConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MarketoConfig")
+            .field("base_url", &self.base_url)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"<redacted>")
+            .field("munchkin_id", &self.munchkin_id)
+            .field("pacing", &self.pacing)
+            .field("backoff", &self.backoff)
+            .field("token_margin", &self.token_margin)
+            .field("http_timeout", &self.http_timeout)
+            .finish()
+    }
 }
 
 impl MarketoConfig {
@@ -615,6 +630,12 @@ fn status_label(status: u16) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_hides_the_secret() {
+        let c = MarketoConfig::new("https://x.example", "id", "s3cr3t-value");
+        assert!(!format!("{c:?}").contains("s3cr3t-value"));
+    }
 
     #[test]
     fn skipped_inside_success_is_a_failure() {
