@@ -172,6 +172,12 @@ impl StatusReport {
 
 /// The outbox. Calls are synchronous and short; async callers run them on a
 /// blocking thread. Implementations must make `enqueue` durable before returning.
+///
+/// The embedded stores assume one worker per store: `due` reads without a lease,
+/// and lead resolution is serialised by that single worker. A store shared by
+/// several replicas (PostgreSQL) should make `due` a claim
+/// (`FOR UPDATE SKIP LOCKED`, pushing `next_attempt_ms` forward by a lease) and
+/// serialise lead creation per email (e.g. an advisory lock on the person key).
 pub trait Store: Send + Sync + 'static {
     /// Inserts a batch in one transaction (a group commit), deduplicating on (token, person).
     fn enqueue(&self, batch: &[NewAssociation]) -> Result<Vec<Enqueued>, StoreError>;
