@@ -149,6 +149,20 @@ fn every_vector_body_is_read_as_marketo_md_says() {
             other => panic!("unhandled vector {other}"),
         }
     }
+    for req in v["requests"].as_array().unwrap() {
+        assert_eq!(req["name"], "associate");
+        let path = idtag::server::associate_path(
+            1234,
+            "id:123-ABC-456&token:_mch-example.com-1700000000000-12345",
+        );
+        assert!(path.starts_with("/rest/v1/leads/1234/associate.json?cookie="));
+        let query = path.split_once('?').unwrap().1;
+        assert!(!query.contains('&'), "one parameter: {query}");
+        assert!(
+            query.contains("%26token") && !query.contains("%25"),
+            "encoded once: {query}"
+        );
+    }
 }
 
 #[tokio::test]
