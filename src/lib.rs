@@ -28,6 +28,7 @@ macro_rules! if_wasm {
 pub mod clock;
 pub mod cookie;
 pub mod identity;
+pub mod marketo;
 pub mod munchkin;
 pub mod tag_queue;
 pub mod tag_token;

@@ -1,23 +1,240 @@
 //! `idtag serve` and `idtag status`: the sidecar and its outbox report.
 
+use idtag::clock::{Clock, SystemClock};
+use idtag::server::{
+    Config, ConflictPolicy, Idtag, MarketoConfig, SqliteStore, Store, StoreConfig,
+};
+use idtag::tag_token::Keyring;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 /// Options of `idtag serve`.
 #[derive(Debug, clap::Args)]
-pub struct ServeArgs {}
+pub struct ServeArgs {
+    /// Address the tag endpoint listens on.
+    #[arg(long, env = "IDTAG_LISTEN", default_value = "127.0.0.1:8787")]
+    listen: SocketAddr,
+    /// SQLite outbox file (`memory` for a throwaway in-memory outbox).
+    #[arg(long, env = "IDTAG_STORE", default_value = "idtag-outbox.db")]
+    store: String,
+    /// Marketo REST base URL (`https://123-ABC-456.mktorest.com`); unset: embedded emulator.
+    #[arg(long, env = "MARKETO_BASE_URL")]
+    marketo_base_url: Option<String>,
+    /// Marketo API client id.
+    #[arg(long, env = "MARKETO_CLIENT_ID")]
+    marketo_client_id: Option<String>,
+    /// Marketo API client secret.
+    #[arg(long, env = "MARKETO_CLIENT_SECRET", hide_env_values = true)]
+    marketo_client_secret: Option<String>,
+    /// The instance's Munchkin id; cookies of other instances are refused.
+    #[arg(long, env = "MARKETO_MUNCHKIN_ID")]
+    munchkin_id: Option<String>,
+    /// Tag-token keys `kid:base64key,…` (the first signs).
+    #[arg(long, env = "IDTAG_TOKEN_KEYS", hide_env_values = true)]
+    token_keys: Option<String>,
+    /// Browser origins allowed to call /v1/tag (comma-separated).
+    #[arg(long, env = "IDTAG_CORS_ORIGINS", value_delimiter = ',')]
+    cors_origin: Vec<String>,
+    /// Shared-browser conflicts: `skip` or `reassociate`.
+    #[arg(long, env = "IDTAG_CONFLICT_POLICY", default_value = "skip")]
+    conflict_policy: String,
+    /// Marketo calls per rate window this process may start.
+    #[arg(long, default_value_t = 50)]
+    rate_limit: usize,
+    /// The rate window, seconds.
+    #[arg(long, default_value_t = 20.0)]
+    rate_window_secs: f64,
+    /// Marketo calls in flight at most.
+    #[arg(long, default_value_t = 5)]
+    concurrency: usize,
+    /// Marketo calls per US Central day this process may spend.
+    #[arg(long, default_value_t = 40_000)]
+    daily_budget: u64,
+}
 
 /// Options of `idtag status`.
 #[derive(Debug, clap::Args)]
-pub struct StatusArgs {}
+pub struct StatusArgs {
+    /// SQLite outbox file.
+    #[arg(long, env = "IDTAG_STORE", default_value = "idtag-outbox.db")]
+    store: PathBuf,
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
 
 /// Runs the sidecar until interrupted.
-pub fn run(_args: ServeArgs) -> ExitCode {
-    eprintln!("idtag serve: not available in this build yet");
-    ExitCode::from(2)
+pub fn run(args: ServeArgs) -> ExitCode {
+    init_logging();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("idtag serve: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(serve(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("idtag serve: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<(), String> {
+    let keys = match &args.token_keys {
+        Some(k) => Keyring::parse(k).map_err(|e| format!("IDTAG_TOKEN_KEYS: {e}"))?,
+        None => {
+            return Err(
+                "IDTAG_TOKEN_KEYS (or --token-keys) is required to verify tag tokens".into(),
+            )
+        }
+    };
+    let mut emulator = None;
+    let mut marketo = match (
+        &args.marketo_base_url,
+        &args.marketo_client_id,
+        &args.marketo_client_secret,
+    ) {
+        (Some(url), Some(id), Some(secret)) => MarketoConfig::new(url, id, secret),
+        (None, None, None) => {
+            tracing::warn!(
+                "no Marketo settings (MARKETO_BASE_URL, MARKETO_CLIENT_ID, MARKETO_CLIENT_SECRET): starting the embedded Marketo emulator; nothing reaches a real instance"
+            );
+            let emu = idtag::emulator::Emulator::start(idtag::emulator::EmulatorConfig::default())
+                .await
+                .map_err(|e| format!("embedded emulator: {e}"))?;
+            tracing::info!(base_url = emu.base_url(), "embedded emulator listening");
+            let m = MarketoConfig::new(emu.base_url(), emu.client_id(), emu.client_secret());
+            emulator = Some(emu);
+            m
+        }
+        _ => {
+            return Err(
+                "set all of MARKETO_BASE_URL, MARKETO_CLIENT_ID and MARKETO_CLIENT_SECRET, or none (embedded emulator)"
+                    .into(),
+            )
+        }
+    };
+    marketo.munchkin_id = args.munchkin_id.clone();
+    marketo.pacing.rate_limit = args.rate_limit.max(1);
+    marketo.pacing.rate_window = Duration::from_secs_f64(args.rate_window_secs.max(0.001));
+    marketo.pacing.concurrency = args.concurrency.max(1);
+    marketo.pacing.daily_budget = args.daily_budget;
+    let mut config = Config::new(marketo);
+    config.keys = Some(keys);
+    config.listen = args.listen;
+    config.cors_origins = args.cors_origin.clone();
+    config.store = if args.store == "memory" {
+        StoreConfig::Memory
+    } else {
+        StoreConfig::Sqlite(PathBuf::from(&args.store))
+    };
+    config.worker.conflict_policy = args.conflict_policy.parse::<ConflictPolicy>()?;
+    let idtag = Idtag::builder(config)
+        .build()
+        .await
+        .map_err(|e| e.to_string())?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("listen on {}: {e}", args.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(%addr, store = %args.store, "idtag serve: POST /v1/tag, GET /healthz, GET /metrics");
+    let served = axum::serve(listener, idtag.router())
+        .with_graceful_shutdown(shutdown_signal())
+        .await;
+    tracing::info!("shutting down: committing accepted work, stopping the worker");
+    idtag.shutdown().await;
+    if let Some(emu) = emulator {
+        emu.shutdown().await;
+    }
+    served.map_err(|e| e.to_string())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+fn age(ms: i64) -> String {
+    let s = ms.max(0) / 1000;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m {}s", s / 60, s % 60),
+        _ => format!("{}h {}m", s / 3600, (s % 3600) / 60),
+    }
 }
 
 /// Prints the outbox report.
-pub fn status(_args: StatusArgs) -> ExitCode {
-    eprintln!("idtag status: not available in this build yet");
-    ExitCode::from(2)
+pub fn status(args: StatusArgs) -> ExitCode {
+    if !args.store.exists() {
+        eprintln!("idtag status: no outbox at {}", args.store.display());
+        return ExitCode::from(2);
+    }
+    let store = match SqliteStore::open_existing(&args.store) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("idtag status: {}: {e}", args.store.display());
+            return ExitCode::from(1);
+        }
+    };
+    let report = match store.status() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("idtag status: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    println!("outbox {}", args.store.display());
+    for state in ["pending", "done", "dead", "conflict"] {
+        println!(
+            "  {state:<9} {}",
+            report.counts.get(state).copied().unwrap_or(0)
+        );
+    }
+    match report.oldest_pending_ms {
+        Some(t) => println!(
+            "oldest pending: {} ago",
+            age(SystemClock.now_ms().saturating_sub(t))
+        ),
+        None => println!("oldest pending: none"),
+    }
+    if report.dead_reasons.is_empty() {
+        println!("dead-letter reasons: none");
+    } else {
+        println!("dead-letter reasons:");
+        for (reason, n) in &report.dead_reasons {
+            println!("  {reason:<24} {n}");
+        }
+    }
+    ExitCode::SUCCESS
 }

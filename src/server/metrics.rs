@@ -1,0 +1,136 @@
+//! Counters exposed at `GET /metrics` in the Prometheus text format.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+
+/// Labelled counters of one process.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    counters: Mutex<BTreeMap<(&'static str, String), u64>>,
+}
+
+/// Point-in-time figures rendered next to the counters.
+#[derive(Debug, Clone, Default)]
+pub struct Gauges {
+    /// Outbox items waiting.
+    pub pending: u64,
+    /// Daily call budget left.
+    pub budget_left: u64,
+    /// Calls started in the current rate window.
+    pub calls_in_window: u64,
+    /// 1 while paused for the daily quota.
+    pub paused: u64,
+}
+
+impl Metrics {
+    fn add(&self, family: &'static str, label: String, n: u64) {
+        if let Ok(mut c) = self.counters.lock() {
+            *c.entry((family, label)).or_insert(0) += n;
+        }
+    }
+
+    /// A tag request ended with `outcome` (`queued`, `duplicate`, or a rejection code).
+    pub fn request(&self, outcome: &str) {
+        self.add("idtag_requests_total", format!("outcome=\"{outcome}\""), 1);
+    }
+
+    /// Items queued in the outbox.
+    pub fn queued(&self, n: u64) {
+        self.add("idtag_queued_total", String::new(), n);
+    }
+
+    /// Associations done.
+    pub fn associated(&self) {
+        self.add("idtag_associated_total", String::new(), 1);
+    }
+
+    /// A shared-browser conflict, handled per `policy` (`skip` or `reassociate`).
+    pub fn conflict(&self, policy: &str) {
+        self.add("idtag_conflicts_total", format!("policy=\"{policy}\""), 1);
+    }
+
+    /// An item dead-lettered for `reason`.
+    pub fn dead(&self, reason: &str) {
+        self.add("idtag_dead_total", format!("reason=\"{reason}\""), 1);
+    }
+
+    /// A Marketo HTTP call to `endpoint` that ended with `code` (`ok`, `606`, `http_502`, …).
+    pub fn marketo_call(&self, endpoint: &str, code: &str) {
+        self.add(
+            "idtag_marketo_calls_total",
+            format!("endpoint=\"{endpoint}\",code=\"{code}\""),
+            1,
+        );
+    }
+
+    /// The count of one family/label pair (tests and benchmarks).
+    pub fn get(&self, family: &str, label: &str) -> u64 {
+        self.counters
+            .lock()
+            .map(|c| {
+                c.iter()
+                    .filter(|((f, l), _)| *f == family && l == label)
+                    .map(|(_, v)| *v)
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Sum of Marketo calls with `code`, over every endpoint (`None`: all codes).
+    pub fn marketo_calls(&self, endpoint: Option<&str>, code: Option<&str>) -> u64 {
+        self.counters
+            .lock()
+            .map(|c| {
+                c.iter()
+                    .filter(|((f, l), _)| {
+                        *f == "idtag_marketo_calls_total"
+                            && endpoint.map_or(true, |e| l.contains(&format!("endpoint=\"{e}\"")))
+                            && code.map_or(true, |k| l.contains(&format!("code=\"{k}\"")))
+                    })
+                    .map(|(_, v)| *v)
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self, g: &Gauges) -> String {
+        let mut out = String::new();
+        let helps: [(&str, &str); 6] = [
+            ("idtag_requests_total", "Tag requests by outcome or rejection reason."),
+            ("idtag_queued_total", "Associations accepted into the outbox."),
+            ("idtag_associated_total", "Associations done at Marketo."),
+            ("idtag_conflicts_total", "Tokens already associated with another person."),
+            ("idtag_dead_total", "Associations dead-lettered, by reason."),
+            ("idtag_marketo_calls_total", "Marketo REST calls by endpoint and result code."),
+        ];
+        let counters = self.counters.lock().map(|c| c.clone()).unwrap_or_default();
+        for (family, help) in helps {
+            let _ = writeln!(out, "# HELP {family} {help}\n# TYPE {family} counter");
+            let mut any = false;
+            for ((f, label), v) in &counters {
+                if *f == family {
+                    any = true;
+                    if label.is_empty() {
+                        let _ = writeln!(out, "{family} {v}");
+                    } else {
+                        let _ = writeln!(out, "{family}{{{label}}} {v}");
+                    }
+                }
+            }
+            if !any && !matches!(family, "idtag_requests_total" | "idtag_dead_total" | "idtag_marketo_calls_total" | "idtag_conflicts_total") {
+                let _ = writeln!(out, "{family} 0");
+            }
+        }
+        for (name, help, v) in [
+            ("idtag_pending", "Outbox items waiting.", g.pending),
+            ("idtag_budget_left", "Marketo daily call budget left.", g.budget_left),
+            ("idtag_calls_in_window", "Marketo calls started in the current rate window.", g.calls_in_window),
+            ("idtag_paused", "1 while Marketo calls are paused for the daily quota.", g.paused),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        }
+        out
+    }
+}
