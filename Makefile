@@ -21,7 +21,7 @@ help:
 setup:
 	@WASM_BINDGEN_VERSION=$(WASM_BINDGEN_VERSION) bash .ci/setup.sh
 
-test: setup check test-native test-wasm test-browser
+test: setup check test-native test-wasm test-browser demo-check
 
 check: fmt-check clippy wasm-check
 
@@ -82,3 +82,22 @@ bench-size: tests/js/node_modules/.package-lock.json
 bench-main-thread: tests/js/node_modules/.package-lock.json
 	@test -f pkg/idtag_wasm_bg.wasm || bash .ci/build-pkg.sh
 	cd tests/js && timeout 600 node bench-main-thread.mjs
+
+## The main job: the demo product on embedded defaults (emulator + SQLite), in the foreground.
+DEMO_LISTEN ?= 127.0.0.1:8080
+.PHONY: demo demo-check demo-deps bench
+demo-deps:
+	cd examples/demo && npm ci --no-audit --no-fund --loglevel=error
+
+demo: setup pkg demo-deps
+	cargo run --example demo --features server,emulator -- --listen $(DEMO_LISTEN)
+
+## The same stack driven headless through the QA journeys; exits 0 only when all pass.
+demo-check: setup pkg demo-deps
+	timeout 900 cargo run --example demo --features server,emulator -- --check --listen 127.0.0.1:0 --data-dir target/demo-check
+
+## Benchmarks: Marketo calls per 1,000 logins, pacing, intake (release build), then the
+## browser package's size and main-thread cost.
+bench: setup pkg
+	cargo run --release --all-features --example bench_server
+	$(MAKE) bench-size bench-main-thread

@@ -85,8 +85,8 @@ impl Metrics {
                 c.iter()
                     .filter(|((f, l), _)| {
                         *f == "idtag_marketo_calls_total"
-                            && endpoint.map_or(true, |e| l.contains(&format!("endpoint=\"{e}\"")))
-                            && code.map_or(true, |k| l.contains(&format!("code=\"{k}\"")))
+                            && endpoint.is_none_or(|e| l.contains(&format!("endpoint=\"{e}\"")))
+                            && code.is_none_or(|k| l.contains(&format!("code=\"{k}\"")))
                     })
                     .map(|(_, v)| *v)
                     .sum()

@@ -47,6 +47,11 @@ pub struct PacingConfig {
     pub concurrency: usize,
     /// Calls per US Central day this client may spend (default 40,000).
     pub daily_budget: u64,
+    /// After a 607, try again after this long instead of waiting for 00:00 US
+    /// Central (default `None`: wait for the reset). For instances whose quota an
+    /// administrator may raise during the day, and for demos that end a forced
+    /// quota day early; each probe costs at most the calls then in flight.
+    pub quota_probe_interval: Option<Duration>,
 }
 
 impl Default for PacingConfig {
@@ -56,6 +61,7 @@ impl Default for PacingConfig {
             rate_window: Duration::from_secs(20),
             concurrency: 5,
             daily_budget: 40_000,
+            quota_probe_interval: None,
         }
     }
 }
@@ -218,9 +224,15 @@ impl Pacer {
         }
     }
 
-    /// The platform said 607: no calls until the next 00:00 US Central.
+    /// The platform said 607: no calls until the next 00:00 US Central (or the
+    /// next probe, when [`PacingConfig::quota_probe_interval`] is set).
     pub fn pause_for_day(&self) -> Paused {
-        let until = next_central_midnight_ms(self.clock.now_ms());
+        let now = self.clock.now_ms();
+        let mut until = next_central_midnight_ms(now);
+        if let Some(probe) = self.cfg.quota_probe_interval {
+            let probe_ms = i64::try_from(probe.as_millis()).unwrap_or(i64::MAX);
+            until = until.min(now.saturating_add(probe_ms.max(1)));
+        }
         self.paused_until.store(until, Ordering::SeqCst);
         Paused { until_ms: until }
     }
@@ -238,5 +250,27 @@ mod tests {
         assert_eq!(next_central_midnight_ms(1_784_116_800_000), 1_784_178_000_000);
         // fall back: 2026-11-01 is 25 h long; from 2026-11-01T05:00:00Z (00:00 CDT)
         assert_eq!(next_central_midnight_ms(1_793_509_200_000), 1_793_599_200_000);
+    }
+
+    #[test]
+    fn quota_pause_lasts_until_midnight_or_the_probe() {
+        use crate::clock::ManualClock;
+        let clock = Arc::new(ManualClock::new(1_768_478_400_000));
+        let pacer = Pacer::new(PacingConfig::default(), clock.clone());
+        assert_eq!(pacer.pause_for_day().until_ms, 1_768_543_200_000);
+        clock.advance_ms(3_600_000);
+        assert!(pacer.paused().is_some(), "still paused an hour later");
+        clock.set_ms(1_768_543_200_000);
+        assert!(pacer.paused().is_none(), "free at 00:00 US Central");
+
+        let cfg = PacingConfig {
+            quota_probe_interval: Some(Duration::from_secs(5)),
+            ..PacingConfig::default()
+        };
+        let pacer = Pacer::new(cfg, clock.clone());
+        let now = clock.now_ms();
+        assert_eq!(pacer.pause_for_day().until_ms, now + 5_000);
+        clock.advance_ms(5_000);
+        assert!(pacer.paused().is_none(), "probe due");
     }
 }
