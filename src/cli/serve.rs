@@ -14,7 +14,7 @@ use std::time::Duration;
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
     /// Address the tag endpoint listens on.
-    #[arg(long, env = "IDTAG_LISTEN", default_value = "127.0.0.1:8787")]
+    #[arg(long, env = "IDTAG_LISTEN", default_value = "127.0.0.1:8787", value_parser = super::parse_listen)]
     listen: SocketAddr,
     /// SQLite outbox file (`memory` for a throwaway in-memory outbox).
     #[arg(long, env = "IDTAG_STORE", default_value = "idtag-outbox.db")]
@@ -52,6 +52,10 @@ pub struct ServeArgs {
     /// Marketo calls per US Central day this process may spend.
     #[arg(long, default_value_t = 40_000)]
     daily_budget: u64,
+    /// After a 607, try again after this many seconds instead of waiting for
+    /// 00:00 US Central (unset: wait for the daily reset).
+    #[arg(long, env = "IDTAG_QUOTA_PROBE_SECS")]
+    quota_probe_secs: Option<u64>,
 }
 
 /// Options of `idtag status`.
@@ -134,6 +138,8 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     marketo.pacing.rate_window = Duration::from_secs_f64(args.rate_window_secs.max(0.001));
     marketo.pacing.concurrency = args.concurrency.max(1);
     marketo.pacing.daily_budget = args.daily_budget;
+    marketo.pacing.quota_probe_interval =
+        args.quota_probe_secs.map(|s| Duration::from_secs(s.max(1)));
     let mut config = Config::new(marketo);
     config.keys = Some(keys);
     config.listen = args.listen;
