@@ -46,7 +46,7 @@ test-wasm:
 ## Fuzzes the cookie parser, the tag-token verifier and the email normaliser
 ## (cargo-fuzz / libFuzzer; RUSTC_BOOTSTRAP lets the stable toolchain build with sanitizers).
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := cookie_header tag_token_verify email_normalize
+FUZZ_TARGETS := cookie_header tag_token_verify tag_token_signed_claims email_normalize
 .PHONY: fuzz
 fuzz:
 	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked || cargo install cargo-fuzz

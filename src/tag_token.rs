@@ -446,17 +446,21 @@ mod tests {
         assert_eq!(r.verify(&tf, NOW, &o).unwrap_err().code(), "bad_signature");
     }
 
+    /// A token over any payload, validly signed with `ring()`'s key `k1`.
+    fn signed_by_k1(payload: &str) -> String {
+        let signed = format!("v1.{}", URL_SAFE_NO_PAD.encode(payload));
+        let sig = mac(b"0123456789abcdef", signed.as_bytes())
+            .finalize()
+            .into_bytes();
+        format!("{signed}.{}", URL_SAFE_NO_PAD.encode(sig))
+    }
+
     #[test]
     fn invalid_claims_after_signature() {
         let r = ring();
-        let payload = URL_SAFE_NO_PAD.encode(br#"{"sub":"u","email":"undefined","evt":"login","iat":1700000000,"exp":1700000600,"kid":"k1"}"#);
-        let signed = format!("v1.{payload}");
-        let sig = URL_SAFE_NO_PAD.encode(
-            mac(b"0123456789abcdef", signed.as_bytes())
-                .finalize()
-                .into_bytes(),
+        let t = signed_by_k1(
+            r#"{"sub":"u","email":"undefined","evt":"login","iat":1700000000,"exp":1700000600,"kid":"k1"}"#,
         );
-        let t = format!("{signed}.{sig}");
         assert_eq!(
             r.verify(&t, NOW, &VerifyOptions::default())
                 .unwrap_err()
@@ -477,13 +481,7 @@ mod tests {
             let body = format!(
                 r#"{{"sub":"u","email":"a@example.com","evt":"login","iat":{iat},"exp":{exp},"kid":"k1"}}"#
             );
-            let signed = format!("v1.{}", URL_SAFE_NO_PAD.encode(body));
-            let sig = URL_SAFE_NO_PAD.encode(
-                mac(b"0123456789abcdef", signed.as_bytes())
-                    .finalize()
-                    .into_bytes(),
-            );
-            let t = format!("{signed}.{sig}");
+            let t = signed_by_k1(&body);
             assert_eq!(
                 r.verify(&t, NOW, &VerifyOptions::default())
                     .unwrap_err()

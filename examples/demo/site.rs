@@ -65,6 +65,12 @@ pub fn router(state: Arc<AppState>, pkg_dir: &std::path::Path) -> Router {
         .merge(state.idtag.router())
 }
 
+/// True for a path on this site (`/x`), never another origin (`//evil`, `https://…`):
+/// redirect targets taken from query strings must stay local.
+fn is_local_path(t: &str) -> bool {
+    t.starts_with('/') && !t.starts_with("//") && !t.starts_with("/\\")
+}
+
 fn now_ms() -> i64 {
     SystemClock.now_ms()
 }
@@ -349,9 +355,7 @@ async fn sso_callback(
         },
         now_ms(),
     );
-    let then = q
-        .get("then")
-        .filter(|t| t.starts_with('/') && !t.starts_with("//"));
+    let then = q.get("then").filter(|t| is_local_path(t));
     match st.users.start_session(uid, Some("login"), now_ms()) {
         Ok(sid) => {
             let to = match then {
@@ -389,7 +393,7 @@ async fn app_page(
     });
     let then = q
         .get("then")
-        .filter(|t| t.starts_with('/') && !t.starts_with("//"))
+        .filter(|t| is_local_path(t))
         .map(String::as_str);
     let tag = token.as_ref().map(|(t, e)| (t.as_str(), e.as_str()));
     Html(pages::app(&st.env(), &user.name, tag, then)).into_response()
