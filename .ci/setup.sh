@@ -11,7 +11,7 @@ if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknow
     rustup target add wasm32-unknown-unknown
 fi
 
-for comp in rustfmt clippy; do
+for comp in rustfmt clippy rust-src; do
     if ! rustup component list --installed 2>/dev/null | grep -q "^$comp"; then
         echo "setup: adding rustup component $comp"
         rustup component add "$comp"

@@ -7,13 +7,17 @@ export type TagEvent = 'login' | 'signup';
 /**
  * How a hand-over ended.
  * - `sent`: the endpoint queued the association (202).
- * - `queued`: stored; sent later (consent pending, another tab owns it, network error, page hidden).
+ * - `queued`: stored; sent later (consent pending, another tab owns it, network error or
+ *   no reply within 10 s, page hidden).
  * - `duplicate`: this (cookie token, person) pair was sent before (locally remembered or endpoint 200).
  * - `no_cookie`: no Munchkin cookie within `waitForCookieMs`; the request stays queued until the
  *   token expires and is sent by a later page load if the cookie appears.
  * - `consent_denied`: consent denied or Munchkin opt-out cookie: nothing stored or sent.
  * - `rejected:<code>`: refused for good (endpoint error code, e.g. `rejected:expired`;
- *   `rejected:malformed` for a token that is not `v1.<payload>.<signature>`).
+ *   `rejected:malformed` for a token that is not `v1.<payload>.<signature>`;
+ *   `rejected:bad_reply` when the endpoint answered 2xx with something that is not
+ *   a tag reply, i.e. it is not idtag's endpoint; `rejected:http_<status>` for a 4xx
+ *   without an error code).
  */
 export type TagOutcome =
   | 'sent'

@@ -9,22 +9,6 @@ export function readCookie() {
   }
 }
 
-export function writeCookie(line) {
-  try {
-    document.cookie = line;
-  } catch {
-    // Cookie writes are best effort.
-  }
-}
-
-export function hostName() {
-  try {
-    return location.hostname;
-  } catch {
-    return '';
-  }
-}
-
 // The stored text ('' when none), or undefined when storage is missing or throws.
 export function storageGet(key) {
   try {

@@ -26,7 +26,7 @@ pub struct CookiePair<'a> {
 /// assert_eq!(values, [("a", "1"), ("b", "two"), ("a", "3")]);
 /// ```
 pub fn parse(header: &str) -> Vec<CookiePair<'_>> {
-    header.split(';').filter_map(parse_pair).collect()
+    pairs(header).collect()
 }
 
 /// The values of every cookie called exactly `name`, in header order.
@@ -36,11 +36,39 @@ pub fn parse(header: &str) -> Vec<CookiePair<'_>> {
 /// assert_eq!(v, ["1", "2"]);
 /// ```
 pub fn values_named<'a>(header: &'a str, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-    header
-        .split(';')
-        .filter_map(parse_pair)
+    pairs(header)
         .filter(move |p| p.name == name)
         .map(|p| p.value)
+}
+
+/// The pairs of a header, in order.
+fn pairs(header: &str) -> impl Iterator<Item = CookiePair<'_>> {
+    split_on(header, b';').filter_map(parse_pair)
+}
+
+/// The pieces of `s` between occurrences of the ASCII byte `sep` (like
+/// `str::split`, without the `char` pattern machinery the browser build
+/// avoids). Every split point is ASCII, so each piece is valid UTF-8.
+///
+/// ```
+/// let v: Vec<_> = idtag::cookie::split_on("a;;b", b';').collect();
+/// assert_eq!(v, ["a", "", "b"]);
+/// ```
+pub fn split_on(s: &str, sep: u8) -> impl Iterator<Item = &str> {
+    let mut rest = Some(s);
+    core::iter::from_fn(move || {
+        let (piece, tail) = split_at_byte(rest?, sep);
+        rest = tail;
+        Some(piece)
+    })
+}
+
+/// `s` up to the first `sep`, and what follows it (`None` when `sep` is absent).
+pub(crate) fn split_at_byte(s: &str, sep: u8) -> (&str, Option<&str>) {
+    match s.bytes().position(|c| c == sep) {
+        Some(i) => (s.get(..i).unwrap_or_default(), s.get(i + 1..)),
+        None => (s, None),
+    }
 }
 
 fn parse_pair(segment: &str) -> Option<CookiePair<'_>> {
@@ -48,9 +76,9 @@ fn parse_pair(segment: &str) -> Option<CookiePair<'_>> {
     if segment.is_empty() {
         return None;
     }
-    let (name, value) = match segment.split_once('=') {
-        Some((n, v)) => (trim_cookie_ws(n), trim_cookie_ws(v)),
-        None => ("", segment),
+    let (name, value) = match split_at_byte(segment, b'=') {
+        (n, Some(v)) => (trim_cookie_ws(n), trim_cookie_ws(v)),
+        (_, None) => ("", segment),
     };
     Some(CookiePair {
         name,
@@ -60,11 +88,14 @@ fn parse_pair(segment: &str) -> Option<CookiePair<'_>> {
 
 /// Trims the whitespace browsers and proxies leave around pairs (space, tab, CR, LF).
 fn trim_cookie_ws(s: &str) -> &str {
-    s.trim_matches(|c| matches!(c, ' ' | '\t' | '\r' | '\n'))
+    let ws = |c: &u8| matches!(c, b' ' | b'\t' | b'\r' | b'\n');
+    let b = s.as_bytes();
+    let start = b.iter().position(|c| !ws(c)).unwrap_or(b.len());
+    let end = b.iter().rposition(|c| !ws(c)).map_or(start, |i| i + 1);
+    s.get(start..end).unwrap_or_default()
 }
 
 fn strip_quotes(v: &str) -> &str {
-    // No index slicing: its panic path drags string formatting into the wasm build.
     v.strip_prefix('"')
         .and_then(|inner| inner.strip_suffix('"'))
         .unwrap_or(v)

@@ -41,7 +41,7 @@ pub enum RejectReason {
     Placeholder,
     /// Longer than [`MAX_VALUE_LEN`].
     TooLong,
-    /// Contains a broken `%` escape, or decodes to something that is not UTF-8.
+    /// Contains a broken `%` escape, is encoded twice, or decodes to something that is not ASCII.
     BadEncoding,
     /// Not of the shape `id:<munchkin id>&token:<token>`.
     Malformed,
@@ -157,77 +157,139 @@ const PLACEHOLDERS: [&str; 10] = [
 /// assert_eq!(parse_value("id:123-ABC-456&"), Err(RejectReason::MissingToken));
 /// ```
 pub fn parse_value(raw: &str) -> Result<TrackingCookie, RejectReason> {
-    let trimmed = raw.trim();
-    if PLACEHOLDERS.iter().any(|p| trimmed.eq_ignore_ascii_case(p)) {
-        return Err(RejectReason::Placeholder);
-    }
-    if trimmed.len() > MAX_VALUE_LEN {
-        return Err(RejectReason::TooLong);
-    }
-    let decoded;
-    let value = if trimmed.contains('%') {
-        decoded = percent_encoding::percent_decode_str(trimmed)
-            .decode_utf8()
-            .map_err(|_| RejectReason::BadEncoding)?;
-        if !valid_escapes(trimmed) || decoded.contains('%') {
-            return Err(RejectReason::BadEncoding);
+    Valid::parse(raw).map(TrackingCookie::from)
+}
+
+impl From<Valid> for TrackingCookie {
+    fn from(v: Valid) -> Self {
+        TrackingCookie {
+            munchkin_id: v.munchkin_id().to_owned(),
+            token: v.token().to_owned(),
+            domain: v.domain().to_owned(),
+            value: v.value,
         }
-        if PLACEHOLDERS.iter().any(|p| decoded.eq_ignore_ascii_case(p)) {
+    }
+}
+
+/// A valid value with the places of its parts: the one parser behind
+/// [`parse_value`], [`select`] and the browser's cookie capture.
+///
+/// Its layout is fixed once valid: `id:` (3 bytes), the 11-byte Munchkin id,
+/// `&token:` (7 bytes), then the token `_mch-<domain>-…`. Only where the domain
+/// ends varies. Written over bytes, not `char` patterns, which keeps the browser
+/// build small.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Valid {
+    /// The whole (decoded) value.
+    pub value: String,
+    /// Byte offset just past the domain inside the token.
+    domain_end: usize,
+}
+
+/// Where the token starts in a valid value (`id:` + id + `&token:`).
+const TOKEN_AT: usize = 3 + 11 + 7;
+/// Where the domain starts (`_mch-` after [`TOKEN_AT`]).
+const DOMAIN_AT: usize = TOKEN_AT + 5;
+
+impl Valid {
+    pub(crate) fn parse(raw: &str) -> Result<Valid, RejectReason> {
+        let trimmed = raw.trim_ascii();
+        if is_placeholder(trimmed) {
             return Err(RejectReason::Placeholder);
         }
-        &*decoded
-    } else {
-        trimmed
-    };
-    parse_decoded(value)
-}
-
-/// True when every `%` starts a two-hex-digit escape.
-fn valid_escapes(s: &str) -> bool {
-    let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            if i + 2 >= b.len() {
-                return false;
-            }
-            if !(b[i + 1].is_ascii_hexdigit() && b[i + 2].is_ascii_hexdigit()) {
-                return false;
-            }
-            i += 3;
-        } else {
-            i += 1;
+        if trimmed.len() > MAX_VALUE_LEN {
+            return Err(RejectReason::TooLong);
         }
+        let value = if trimmed.as_bytes().contains(&b'%') {
+            let decoded = percent_decode_once(trimmed).ok_or(RejectReason::BadEncoding)?;
+            if is_placeholder(&decoded) {
+                return Err(RejectReason::Placeholder);
+            }
+            decoded
+        } else {
+            trimmed.to_owned()
+        };
+        let domain_end = check_decoded(&value)?;
+        Ok(Valid { value, domain_end })
     }
-    true
+
+    pub(crate) fn munchkin_id(&self) -> &str {
+        self.value.get(3..14).unwrap_or_default()
+    }
+
+    pub(crate) fn token(&self) -> &str {
+        self.value.get(TOKEN_AT..).unwrap_or_default()
+    }
+
+    pub(crate) fn domain(&self) -> &str {
+        self.value
+            .get(DOMAIN_AT..self.domain_end)
+            .unwrap_or_default()
+    }
 }
 
-fn parse_decoded(value: &str) -> Result<TrackingCookie, RejectReason> {
-    if value.chars().any(|c| c.is_control() || c.is_whitespace()) {
+fn is_placeholder(s: &str) -> bool {
+    PLACEHOLDERS.iter().any(|p| s.eq_ignore_ascii_case(p))
+}
+
+/// Decodes every `%XX` once. `None` for a broken escape, a result that is not
+/// ASCII (no valid value holds anything else), or one that still holds `%`
+/// (double encoding: never decoded twice).
+fn percent_decode_once(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = String::with_capacity(b.len());
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        let (d, step) = if c == b'%' {
+            let hi = hex_digit(*b.get(i + 1)?)?;
+            let lo = hex_digit(*b.get(i + 2)?)?;
+            (hi << 4 | lo, 3)
+        } else {
+            (c, 1)
+        };
+        if d == b'%' || !d.is_ascii() {
+            return None;
+        }
+        out.push(char::from(d));
+        i += step;
+    }
+    Some(out)
+}
+
+fn hex_digit(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Validates a decoded value; returns where the token's domain ends.
+fn check_decoded(value: &str) -> Result<usize, RejectReason> {
+    // Valid values are printable ASCII: spaces, controls and anything else are not.
+    let b = value.as_bytes();
+    if !b.iter().all(u8::is_ascii_graphic) {
         return Err(RejectReason::Malformed);
     }
-    let rest = value.strip_prefix("id:").ok_or(RejectReason::Malformed)?;
-    let (munchkin_id, token_part) = match rest.split_once('&') {
-        Some((id, t)) => (id, Some(t)),
-        None => (rest, None),
-    };
-    if !is_munchkin_id(munchkin_id) {
+    let rest = b.strip_prefix(b"id:").ok_or(RejectReason::Malformed)?;
+    let amp = rest.iter().position(|&c| c == b'&');
+    if !is_munchkin_id_bytes(rest.get(..amp.unwrap_or(rest.len())).unwrap_or_default()) {
         return Err(RejectReason::BadMunchkinId);
     }
-    let token = match token_part {
-        None | Some("") => return Err(RejectReason::MissingToken),
-        Some(t) => t.strip_prefix("token:").ok_or(RejectReason::Malformed)?,
+    // The id is 11 bytes: the `&` (when present) is at 14, the token at 21.
+    let token_part = match b.get(15..) {
+        Some(t) if amp.is_some() && !t.is_empty() => t,
+        _ => return Err(RejectReason::MissingToken),
     };
+    let token = token_part
+        .strip_prefix(b"token:")
+        .ok_or(RejectReason::Malformed)?;
     if token.is_empty() {
         return Err(RejectReason::MissingToken);
     }
-    let domain = token_domain(token).ok_or(RejectReason::BadToken)?;
-    Ok(TrackingCookie {
-        value: value.to_owned(),
-        munchkin_id: munchkin_id.to_owned(),
-        token: token.to_owned(),
-        domain: domain.to_owned(),
-    })
+    let len = token_domain_len(token).ok_or(RejectReason::BadToken)?;
+    Ok(DOMAIN_AT + len)
 }
 
 /// True for `123-ABC-456`: three digits, three ASCII letters, three digits.
@@ -237,13 +299,16 @@ fn parse_decoded(value: &str) -> Result<TrackingCookie, RejectReason> {
 /// assert!(!idtag::munchkin::is_munchkin_id("123-AB1-456"));
 /// ```
 pub fn is_munchkin_id(s: &str) -> bool {
-    let b = s.as_bytes();
+    is_munchkin_id_bytes(s.as_bytes())
+}
+
+fn is_munchkin_id_bytes(b: &[u8]) -> bool {
     b.len() == 11
-        && b[3] == b'-'
-        && b[7] == b'-'
-        && b[..3].iter().all(u8::is_ascii_digit)
-        && b[4..7].iter().all(u8::is_ascii_alphabetic)
-        && b[8..].iter().all(u8::is_ascii_digit)
+        && b.iter().enumerate().all(|(i, c)| match i {
+            3 | 7 => *c == b'-',
+            4..=6 => c.is_ascii_alphabetic(),
+            _ => c.is_ascii_digit(),
+        })
 }
 
 /// The cookie domain inside a visitor token, when the token is well-formed.
@@ -255,46 +320,58 @@ pub fn is_munchkin_id(s: &str) -> bool {
 /// assert_eq!(token_domain("_mch-example.com-17-12345"), None);
 /// ```
 pub fn token_domain(token: &str) -> Option<&str> {
-    let body = token.strip_prefix("_mch-")?;
-    let (head, last) = body.rsplit_once('-')?;
+    let len = token_domain_len(token.as_bytes())?;
+    token.get(5..5 + len)
+}
+
+/// The length of the domain inside a well-formed token (`_mch-<domain>-<tail>`).
+fn token_domain_len(token: &[u8]) -> Option<usize> {
+    let body = token.strip_prefix(b"_mch-")?;
+    let dash = rfind_dash(body)?;
+    let last = body.get(dash + 1..)?;
+    let all = |s: &[u8], f: fn(&u8) -> bool| s.iter().all(f);
     // Munchkin writes the newer tail as 32 lowercase hex digits; Marketo rejects others (1012).
-    let domain = if last.len() == 32 && last.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
-    {
-        head
-    } else if (1..=5).contains(&last.len()) && last.bytes().all(|c| c.is_ascii_digit()) {
-        let (domain, ms) = head.rsplit_once('-')?;
-        if ms.len() != 13 || !ms.bytes().all(|c| c.is_ascii_digit()) {
+    let end = if last.len() == 32 && all(last, |c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
+        dash
+    } else if (1..=5).contains(&last.len()) && all(last, u8::is_ascii_digit) {
+        let head = body.get(..dash)?;
+        let ms_dash = rfind_dash(head)?;
+        let ms = head.get(ms_dash + 1..)?;
+        if ms.len() != 13 || !all(ms, u8::is_ascii_digit) {
             return None;
         }
-        domain
+        ms_dash
     } else {
         return None;
     };
-    is_cookie_domain(domain).then_some(domain)
+    is_cookie_domain(body.get(..end)?).then_some(end)
+}
+
+fn rfind_dash(b: &[u8]) -> Option<usize> {
+    b.iter().rposition(|&c| c == b'-')
 }
 
 /// A host name as Munchkin writes it into tokens: dot-separated labels of ASCII
 /// letters, digits and `-` (IP addresses and `localhost` included).
-fn is_cookie_domain(d: &str) -> bool {
+fn is_cookie_domain(d: &[u8]) -> bool {
     !d.is_empty()
         && d.len() <= 253
-        && d.split('.').all(|label| {
+        && d.split(|&c| c == b'.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
                 && label
-                    .bytes()
-                    .all(|c| c.is_ascii_alphanumeric() || c == b'-')
+                    .iter()
+                    .all(|c| c.is_ascii_alphanumeric() || *c == b'-')
         })
 }
 
-fn same_domain(a: &str, b: &str) -> bool {
-    let strip = |s: &str| {
-        s.trim()
-            .trim_start_matches('.')
-            .trim_end_matches('.')
-            .to_owned()
-    };
-    strip(a).eq_ignore_ascii_case(&strip(b))
+/// `d` without surrounding ASCII whitespace and dots (`.example.com.` → `example.com`).
+fn bare_domain(d: &str) -> &str {
+    let skip = |c: &u8| *c == b'.' || c.is_ascii_whitespace();
+    let b = d.as_bytes();
+    let start = b.iter().position(|c| !skip(c)).unwrap_or(b.len());
+    let end = b.iter().rposition(|c| !skip(c)).map_or(start, |i| i + 1);
+    d.get(start..end).unwrap_or_default()
 }
 
 /// Looks at every `_mkto_trk` value in a `Cookie` header (or `document.cookie`)
@@ -324,38 +401,95 @@ pub fn select_values<'a>(
     prefs: &Preferences,
 ) -> Selection {
     let mut out = Selection::default();
-    let wanted_id = prefs
-        .munchkin_id
-        .as_deref()
-        .map(str::trim)
-        .filter(|s| !s.is_empty());
+    let mut best = Picker::new(prefs);
     for raw in values {
-        match parse_value(raw) {
-            Ok(c) if wanted_id.is_some_and(|id| !c.munchkin_id.eq_ignore_ascii_case(id)) => {
-                out.rejected.push(Rejected {
-                    value: raw.to_owned(),
-                    reason: RejectReason::OtherInstance,
-                });
-            }
-            Ok(c) => out.candidates.push(c),
+        match best.offer(raw) {
+            Ok(v) => out.candidates.push(v.into()),
             Err(reason) => out.rejected.push(Rejected {
                 value: raw.to_owned(),
                 reason,
             }),
         }
     }
-    let wanted_domain = prefs
-        .cookie_domain
-        .as_deref()
-        .filter(|d| !d.trim().trim_matches('.').is_empty());
-    let rank = |c: &TrackingCookie| {
-        let domain_match = wanted_domain.is_some_and(|d| same_domain(&c.domain, d));
-        // Higher is better: the configured domain first, then fewer labels.
-        (domain_match, std::cmp::Reverse(c.domain.split('.').count()))
-    };
-    // `max_by_key` returns the last of equal maxima: the later value wins ties.
-    out.selected = out.candidates.iter().max_by_key(|c| rank(c)).cloned();
+    out.selected = best
+        .chosen
+        .and_then(|(i, _)| out.candidates.get(i).cloned());
     out
+}
+
+/// The selected `_mkto_trk` value of a `document.cookie` string, by the rules
+/// of [`select`] without keeping the candidates and rejections (the browser's
+/// cookie capture).
+///
+/// ```
+/// use idtag::munchkin::{selected_value, Preferences};
+/// let h = "_mkto_trk=undefined; _mkto_trk=id:123-ABC-456&token:_mch-example.io-1600000000000-2";
+/// assert_eq!(selected_value(h, &Preferences::default()).as_deref(),
+///            Some("id:123-ABC-456&token:_mch-example.io-1600000000000-2"));
+/// ```
+pub fn selected_value(header: &str, prefs: &Preferences) -> Option<String> {
+    let mut best = Picker::new(prefs);
+    let mut value = None;
+    for raw in cookie::values_named(header, COOKIE_NAME) {
+        if let Ok(v) = best.offer(raw) {
+            if best.chosen.is_some_and(|(i, _)| i + 1 == best.seen) {
+                value = Some(v.value);
+            }
+        }
+    }
+    value
+}
+
+/// Keeps the best valid value seen so far: the selection rules in one place.
+struct Picker<'p> {
+    wanted_id: Option<&'p str>,
+    wanted_domain: Option<&'p str>,
+    /// Valid values seen (candidates), and the index and rank of the best one.
+    seen: usize,
+    chosen: Option<(usize, (bool, core::cmp::Reverse<usize>))>,
+}
+
+impl<'p> Picker<'p> {
+    fn new(prefs: &'p Preferences) -> Self {
+        Picker {
+            wanted_id: prefs
+                .munchkin_id
+                .as_deref()
+                .map(str::trim_ascii)
+                .filter(|s| !s.is_empty()),
+            wanted_domain: prefs
+                .cookie_domain
+                .as_deref()
+                .map(bare_domain)
+                .filter(|d| !d.is_empty()),
+            seen: 0,
+            chosen: None,
+        }
+    }
+
+    /// Parses `raw`; a valid value of the wanted instance becomes a candidate and
+    /// is ranked: the configured domain first, then fewer labels; a later value
+    /// wins a tie.
+    fn offer(&mut self, raw: &str) -> Result<Valid, RejectReason> {
+        let v = Valid::parse(raw)?;
+        if self
+            .wanted_id
+            .is_some_and(|id| !v.munchkin_id().eq_ignore_ascii_case(id))
+        {
+            return Err(RejectReason::OtherInstance);
+        }
+        let domain = v.domain();
+        let rank = (
+            self.wanted_domain
+                .is_some_and(|d| bare_domain(domain).eq_ignore_ascii_case(d)),
+            core::cmp::Reverse(domain.bytes().filter(|&c| c == b'.').count()),
+        );
+        if self.chosen.is_none_or(|(_, r)| rank >= r) {
+            self.chosen = Some((self.seen, rank));
+        }
+        self.seen += 1;
+        Ok(v)
+    }
 }
 
 #[cfg(test)]

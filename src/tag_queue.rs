@@ -6,35 +6,41 @@
 //! text, calls these functions with `now` (Unix ms) and a random number, and
 //! stores the result. The stored form is a small versioned, line-based text
 //! ([`FORMAT`]) rather than JSON so that the wasm build needs no JSON parser.
+//! The person behind a tag token is given by the caller (the browser facade
+//! reads the token's `sub` and `email` claims with the browser's own JSON
+//! parser) and kept only as a SHA-256 key.
 //!
 //! ```
-//! use idtag::tag_queue::{Queue, Enqueued, Reply};
+//! use idtag::tag_queue::{Queue, Enqueued, Reply, Person};
 //! let cookie = "id:123-ABC-456&token:_mch-example.com-1700000000000-12345";
+//! let jane = Person::new("u-42\njane@example.com", "v1.e30.sig");
 //! let mut q = Queue::default();
 //! let now = 1_700_000_000_000;
-//! assert_eq!(q.enqueue("v1.e30.sig", Some(cookie), "https://x.test/", now), Enqueued::Queued);
-//! let claimed = q.claim("tab-a", None, now);
-//! assert_eq!(claimed.len(), 1);
+//! assert_eq!(q.enqueue("v1.e30.sig", &jane, Some(600_000), Some(cookie), "https://x.test/", "tab-a", now), Enqueued::Queued);
+//! assert!(q.leased_to("v1.e30.sig", "tab-a"), "the enqueuing tab sends it at once");
 //! assert!(q.claim("tab-b", None, now).is_empty(), "leased to tab-a");
 //! q.complete("v1.e30.sig", Reply::Sent, now, 0.5);
-//! assert_eq!(q.enqueue("v1.e30.sig", Some(cookie), "https://x.test/", now), Enqueued::Duplicate);
+//! let again = Person::new("u-42\njane@example.com", "v1.e30.sig2");
+//! assert_eq!(q.enqueue("v1.e30.sig2", &again, None, Some(cookie), "https://x.test/", "tab-a", now), Enqueued::Duplicate);
 //! let stored = q.to_text();
 //! assert_eq!(Queue::from_text(&stored), q);
 //! ```
 
+use crate::cookie::split_on;
 use crate::munchkin;
 
 /// First line of the stored text; a different first line means "start empty".
-pub const FORMAT: &str = "idtag-q1";
-/// localStorage key the browser keeps the queue under.
-pub const STORAGE_KEY: &str = "idtag:q";
+pub const FORMAT: &str = "idtag-q2";
+/// localStorage key the browser keeps the queue under (versioned with [`FORMAT`],
+/// so SDK builds with another format in other tabs never overwrite this one).
+pub const STORAGE_KEY: &str = "idtag:q2";
 /// Most items kept; the oldest are dropped first.
 pub const MAX_ITEMS: usize = 16;
 /// Most sent-pair keys remembered; the oldest are dropped first.
 pub const MAX_SENT: usize = 64;
 /// How long a sent (cookie token, person) pair is remembered: 30 days.
 pub const SENT_TTL_MS: i64 = 30 * 24 * 3600 * 1000;
-/// How long an item lives when its token's `exp` cannot be read: 10 minutes.
+/// How long an item lives when its token's lifetime cannot be read: 10 minutes.
 pub const DEFAULT_ITEM_TTL_MS: i64 = 10 * 60 * 1000;
 /// Upper bound on an item's life whatever its token claims: one day.
 pub const MAX_ITEM_TTL_MS: i64 = 24 * 3600 * 1000;
@@ -53,6 +59,35 @@ pub const MAX_BACKOFF_MS: i64 = 3_600_000;
 /// Attempts after which an item is dropped.
 pub const MAX_ATTEMPTS: u32 = 8;
 
+/// The person a tag token names, as a pseudonymous key (hex SHA-256).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Person(String);
+
+impl Person {
+    /// The key of the person described by `claims` (the token's `sub` and
+    /// `email` claims joined by a newline), or, when they could not be read
+    /// (empty), of the token itself.
+    ///
+    /// ```
+    /// use idtag::tag_queue::Person;
+    /// assert_eq!(Person::new("u1\na@x.com", "v1.a.b"), Person::new("u1\na@x.com", "v1.c.d"));
+    /// assert_ne!(Person::new("", "v1.a.b"), Person::new("", "v1.c.d"));
+    /// ```
+    pub fn new(claims: &str, tag_token: &str) -> Person {
+        let (tag, text) = if claims.is_empty() {
+            ("idtag-token1\n", tag_token)
+        } else {
+            ("idtag-person1\n", claims)
+        };
+        Person(hex_sha256(cat(&[tag, text]).as_bytes()))
+    }
+
+    /// The hex key.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// One tag request waiting to be sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Item {
@@ -62,9 +97,13 @@ pub struct Item {
     pub cookie: String,
     /// The page the request was made on.
     pub page: String,
+    /// The [`Person`] key of the token's person.
+    pub person: String,
     /// When the page asked for it, Unix ms.
     pub created_ms: i64,
-    /// When it stops being worth sending (the token's `exp`), Unix ms.
+    /// When it stops being worth sending, Unix ms: the token's lifetime counted
+    /// from `created_ms` on this browser's clock (so a skewed clock does not
+    /// drop it at once).
     pub expires_ms: i64,
     /// Send attempts that ended in a retryable failure.
     pub attempts: u32,
@@ -81,7 +120,8 @@ pub struct Item {
 pub struct Queue {
     /// Items, oldest first.
     pub items: Vec<Item>,
-    /// Sent pairs: (hex key, sent at Unix ms), oldest first.
+    /// Sent pairs: (hex key, sent at Unix ms), oldest first. Keys never hold a
+    /// tab or newline (they are hex, or read back from the stored form).
     pub sent: Vec<(String, i64)>,
 }
 
@@ -92,40 +132,55 @@ pub enum Enqueued {
     Queued,
     /// This (cookie token, person) pair was sent before: nothing stored.
     Duplicate,
-    /// The token is not of the shape `v1.<base64url>.<base64url>`: nothing stored.
+    /// The token is not of the shape `v1.<base64url>.<base64url>`, or its
+    /// lifetime is not positive: nothing stored.
     Malformed,
 }
 
 /// How a send attempt ended, as the browser layer read it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reply {
-    /// The endpoint queued it (202).
+    /// The endpoint queued it (202 `{"status":"queued"}`).
     Sent,
-    /// The endpoint already had the pair (200 duplicate).
+    /// The endpoint already had the pair (200 `{"status":"duplicate"}`).
     Duplicate,
-    /// The endpoint refused it for good (4xx other than 408/429).
+    /// The endpoint refused it for good (4xx other than 408/429), or answered
+    /// 2xx with something that is not a tag reply (a misrouted endpoint).
     Rejected,
     /// Network error, timeout, 408, 429 or 5xx: try again later.
     Retry,
 }
 
+/// What the body of a 2xx reply said, as far as the browser layer could read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyBody {
+    /// `{"v":1,"status":"queued"}`.
+    Queued,
+    /// `{"v":1,"status":"duplicate"}`.
+    Duplicate,
+    /// No body, or not a tag reply.
+    Other,
+}
+
 impl Reply {
-    /// Classifies an HTTP status (0 for a network error).
+    /// Classifies an HTTP status (0 for a network error) and the reply body.
     ///
     /// ```
-    /// use idtag::tag_queue::Reply;
-    /// assert_eq!(Reply::from_status(202, false), Reply::Sent);
-    /// assert_eq!(Reply::from_status(200, true), Reply::Duplicate);
-    /// assert_eq!(Reply::from_status(400, false), Reply::Rejected);
-    /// assert_eq!(Reply::from_status(429, false), Reply::Retry);
-    /// assert_eq!(Reply::from_status(0, false), Reply::Retry);
+    /// use idtag::tag_queue::{Reply, ReplyBody};
+    /// assert_eq!(Reply::from_status(202, ReplyBody::Queued), Reply::Sent);
+    /// assert_eq!(Reply::from_status(200, ReplyBody::Duplicate), Reply::Duplicate);
+    /// assert_eq!(Reply::from_status(200, ReplyBody::Other), Reply::Rejected);
+    /// assert_eq!(Reply::from_status(400, ReplyBody::Other), Reply::Rejected);
+    /// assert_eq!(Reply::from_status(429, ReplyBody::Other), Reply::Retry);
+    /// assert_eq!(Reply::from_status(0, ReplyBody::Other), Reply::Retry);
     /// ```
-    pub fn from_status(status: u16, duplicate: bool) -> Reply {
-        match status {
-            200..=299 if duplicate => Reply::Duplicate,
-            200..=299 => Reply::Sent,
-            408 | 429 => Reply::Retry,
-            400..=499 => Reply::Rejected,
+    pub fn from_status(status: u16, body: ReplyBody) -> Reply {
+        match (status, body) {
+            (200..=299, ReplyBody::Queued) => Reply::Sent,
+            (200..=299, ReplyBody::Duplicate) => Reply::Duplicate,
+            (200..=299, ReplyBody::Other) => Reply::Rejected,
+            (408 | 429, _) => Reply::Retry,
+            (400..=499, _) => Reply::Rejected,
             _ => Reply::Retry,
         }
     }
@@ -133,45 +188,35 @@ impl Reply {
 
 /// True for `v1.<base64url>.<base64url>` no longer than [`MAX_TOKEN_LEN`].
 pub fn token_shape_ok(token: &str) -> bool {
-    let b64 = |s: &str| {
+    let mut parts = token.as_bytes().split(|&c| c == b'.');
+    let b64 = |s: &[u8]| {
         !s.is_empty()
-            && s.bytes()
-                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+            && s.iter()
+                .all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'_')
     };
-    let mut parts = token.split('.');
     token.len() <= MAX_TOKEN_LEN
-        && parts.next() == Some("v1")
+        && parts.next() == Some(b"v1")
         && parts.next().is_some_and(b64)
         && parts.next().is_some_and(b64)
         && parts.next().is_none()
 }
 
 /// The pseudonymous key of a (cookie token, person) pair: hex SHA-256 over the
-/// visitor token and the `sub` and `email` claims read from the tag token
-/// without verifying it. A token whose claims cannot be read keys on itself.
+/// visitor token and the [`Person`] key.
 ///
 /// ```
-/// use idtag::tag_queue::pair_key;
-/// // {"sub":"u1","email":"a@x.com"} and the same person in a later token:
-/// let a = pair_key("_mch-x.com-1700000000000-1", "v1.eyJzdWIiOiJ1MSIsImVtYWlsIjoiYUB4LmNvbSJ9.s1");
-/// let b = pair_key("_mch-x.com-1700000000000-1", "v1.eyJlbWFpbCI6ImFAeC5jb20iLCJzdWIiOiJ1MSJ9.s2");
+/// use idtag::tag_queue::{pair_key, Person};
+/// let a = pair_key("_mch-x.com-1700000000000-1", &Person::new("u1\na@x.com", "v1.a.b"));
+/// let b = pair_key("_mch-x.com-1700000000000-1", &Person::new("u1\na@x.com", "v1.c.d"));
 /// assert_eq!(a, b);
 /// assert_eq!(a.len(), 64);
 /// ```
-pub fn pair_key(visitor_token: &str, tag_token: &str) -> String {
-    let mut input = String::with_capacity(128);
-    input.push_str("idtag-pair1\n");
-    input.push_str(visitor_token);
-    input.push('\n');
-    match peek_person(tag_token) {
-        Some((sub, email)) => {
-            input.push_str(&sub);
-            input.push('\n');
-            input.push_str(&email);
-        }
-        None => input.push_str(tag_token),
-    }
-    hex_sha256(input.as_bytes())
+pub fn pair_key(visitor_token: &str, person: &Person) -> String {
+    pair_key_of(visitor_token, person.as_str())
+}
+
+fn pair_key_of(visitor_token: &str, person_key: &str) -> String {
+    hex_sha256(cat(&["idtag-pair2\n", visitor_token, "\n", person_key]).as_bytes())
 }
 
 /// Lowercase hex SHA-256, written as a plain loop: the `sha2` crate's unrolled
@@ -238,206 +283,8 @@ fn hex_sha256(data: &[u8]) -> String {
     out
 }
 
-/// Reads `sub`, `email` and `exp` claims of a tag token without verifying it, with a
-/// tiny decoder instead of serde_json so the browser build stays small.
-fn peek_person(tag_token: &str) -> Option<(String, String)> {
-    let json = payload_json(tag_token)?;
-    Some((
-        json_top_string(&json, "sub")?,
-        json_top_string(&json, "email")?,
-    ))
-}
-
-/// The `exp` claim (Unix seconds) of a tag token, read without verifying it.
-///
-/// ```
-/// // {"exp":1700000600}
-/// assert_eq!(idtag::tag_queue::peek_exp("v1.eyJleHAiOjE3MDAwMDA2MDB9.s"), Some(1_700_000_600));
-/// ```
-pub fn peek_exp(tag_token: &str) -> Option<i64> {
-    let json = payload_json(tag_token)?;
-    json_top_number(&json, "exp")
-}
-
-fn payload_json(tag_token: &str) -> Option<Vec<u8>> {
-    let mut parts = tag_token.split('.');
-    if parts.next()? != "v1" {
-        return None;
-    }
-    b64url_decode(parts.next()?)
-}
-
-/// Decodes unpadded base64url (padding tolerated).
-fn b64url_decode(s: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    let mut acc: u32 = 0;
-    let mut bits = 0;
-    for c in s.bytes().filter(|&c| c != b'=') {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'-' => 62,
-            b'_' => 63,
-            _ => return None,
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    Some(out)
-}
-
-/// A small JSON scanner over one object: finds a top-level member and returns
-/// where its value starts. Strings are skipped escape-aware, nested values by depth.
-fn json_member<'a>(json: &'a [u8], name: &str) -> Option<&'a [u8]> {
-    let mut i = skip_ws(json, 0);
-    if json.get(i) != Some(&b'{') {
-        return None;
-    }
-    i += 1;
-    loop {
-        i = skip_ws(json, i);
-        if json.get(i) != Some(&b'"') {
-            return None;
-        }
-        let key_end = string_end(json, i)?;
-        let key = json.get(i + 1..key_end - 1)?;
-        i = skip_ws(json, key_end);
-        if json.get(i) != Some(&b':') {
-            return None;
-        }
-        i = skip_ws(json, i + 1);
-        if key == name.as_bytes() {
-            return json.get(i..);
-        }
-        i = value_end(json, i)?;
-        i = skip_ws(json, i);
-        match json.get(i) {
-            Some(b',') => i += 1,
-            _ => return None,
-        }
-    }
-}
-
-fn skip_ws(json: &[u8], mut i: usize) -> usize {
-    while matches!(json.get(i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
-        i += 1;
-    }
-    i
-}
-
-/// Index just past the string starting at `start` (which holds `"`).
-fn string_end(json: &[u8], start: usize) -> Option<usize> {
-    let mut i = start + 1;
-    loop {
-        match *json.get(i)? {
-            b'"' => return Some(i + 1),
-            b'\\' => i += 2,
-            _ => i += 1,
-        }
-    }
-}
-
-/// Index just past the value starting at `start`.
-fn value_end(json: &[u8], start: usize) -> Option<usize> {
-    let mut depth = 0usize;
-    let mut i = start;
-    loop {
-        match *json.get(i)? {
-            b'"' => {
-                i = string_end(json, i)?;
-                if depth == 0 {
-                    return Some(i);
-                }
-                continue;
-            }
-            b'{' | b'[' => depth += 1,
-            b'}' | b']' if depth == 0 => return Some(i),
-            b'}' | b']' => {
-                depth -= 1;
-                if depth == 0 {
-                    return Some(i + 1);
-                }
-            }
-            b',' if depth == 0 => return Some(i),
-            _ => {}
-        }
-        i += 1;
-    }
-}
-
-/// A top-level string member, unescaped.
-fn json_top_string(json: &[u8], name: &str) -> Option<String> {
-    let v = json_member(json, name)?;
-    if v.first() != Some(&b'"') {
-        return None;
-    }
-    let end = string_end(v, 0)?;
-    unescape(v.get(1..end - 1)?)
-}
-
-/// A top-level integer member.
-fn json_top_number(json: &[u8], name: &str) -> Option<i64> {
-    let v = json_member(json, name)?;
-    let end = v
-        .iter()
-        .position(|c| !(c.is_ascii_digit() || *c == b'-'))
-        .unwrap_or(v.len());
-    parse_i64(core::str::from_utf8(v.get(..end)?).ok()?)
-}
-
-fn unescape(raw: &[u8]) -> Option<String> {
-    let mut out = Vec::with_capacity(raw.len());
-    let mut i = 0;
-    while i < raw.len() {
-        let c = raw[i];
-        if c != b'\\' {
-            out.push(c);
-            i += 1;
-            continue;
-        }
-        let e = *raw.get(i + 1)?;
-        i += 2;
-        let ch = match e {
-            b'"' => '"',
-            b'\\' => '\\',
-            b'/' => '/',
-            b'b' => '\u{8}',
-            b'f' => '\u{c}',
-            b'n' => '\n',
-            b'r' => '\r',
-            b't' => '\t',
-            b'u' => {
-                let hi = hex4(raw.get(i..i + 4)?)?;
-                i += 4;
-                let code = if (0xD800..0xDC00).contains(&hi) && raw.get(i..i + 2) == Some(b"\\u") {
-                    let lo = hex4(raw.get(i + 2..i + 6)?)?;
-                    i += 6;
-                    0x10000 + ((hi - 0xD800) << 10) + (lo.checked_sub(0xDC00)? & 0x3FF)
-                } else {
-                    hi
-                };
-                char::from_u32(code)?
-            }
-            _ => return None,
-        };
-        let mut buf = [0u8; 4];
-        out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
-    }
-    String::from_utf8(out).ok()
-}
-
-fn hex4(b: &[u8]) -> Option<u32> {
-    b.iter()
-        .try_fold(0u32, |acc, &c| Some(acc * 16 + char::from(c).to_digit(16)?))
-}
-
 /// Parses a decimal integer without pulling in the formatting machinery.
-fn parse_i64(s: &str) -> Option<i64> {
+pub(crate) fn parse_i64(s: &str) -> Option<i64> {
     let (neg, digits) = match s.strip_prefix('-') {
         Some(d) => (true, d),
         None => (false, s),
@@ -456,7 +303,7 @@ fn parse_i64(s: &str) -> Option<i64> {
 }
 
 /// Appends a decimal integer (no `format!`, which the browser build avoids).
-fn push_i64(out: &mut String, n: i64) {
+pub(crate) fn push_i64(out: &mut String, n: i64) {
     if n < 0 {
         out.push('-');
     }
@@ -476,35 +323,32 @@ fn push_i64(out: &mut String, n: i64) {
     }
 }
 
-/// Appends `s` as a JSON string literal.
-fn push_json_str(out: &mut String, s: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                out.push_str("\\u00");
-                out.push(char::from(HEX[(c as usize) >> 4]));
-                out.push(char::from(HEX[(c as usize) & 15]));
-            }
-            c => out.push(c),
-        }
+/// The parts joined. One plain loop instead of `concat`/`join`, whose generic
+/// copies cost ~1 KB each in the browser build.
+pub(crate) fn cat(parts: &[&str]) -> String {
+    let mut out = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for p in parts {
+        out.push_str(p);
     }
-    out.push('"');
+    out
 }
 
-/// Keeps text fit for one field of the stored form: no tabs, newlines or other
+/// Appends `s` as one field of the stored form: no tabs, newlines or other
 /// control characters, at most `max` bytes (cut on a character boundary).
-fn field(s: &str, max: usize) -> String {
-    let mut out = String::with_capacity(s.len().min(max));
+fn push_field(out: &mut String, s: &str, max: usize) {
+    let start = out.len();
     for c in s.chars().filter(|c| !c.is_control()) {
-        if out.len() + c.len_utf8() > max {
+        if out.len() - start + c.len_utf8() > max {
             break;
         }
         out.push(c);
     }
+}
+
+/// `s` as a field of the stored form (see [`push_field`]).
+fn field(s: &str, max: usize) -> String {
+    let mut out = String::with_capacity(s.len().min(max));
+    push_field(&mut out, s, max);
     out
 }
 
@@ -536,53 +380,61 @@ pub fn backoff_ms(attempts: u32, rand: f64) -> i64 {
     base * (500 + milli) / 1000
 }
 
+impl Item {
+    /// The key of this item's (cookie token, person) pair, once it has a cookie.
+    fn pair(&self) -> Option<String> {
+        visitor_token(&self.cookie).map(|vt| pair_key_of(&vt, &self.person))
+    }
+
+    /// The fields the browser layer sends for this item, tab-separated:
+    /// token, `_mkto_trk` value, page, creation time (Unix ms).
+    pub fn send_line(&self) -> String {
+        let mut out = cat(&[&self.token, "\t", &self.cookie, "\t", &self.page, "\t"]);
+        push_i64(&mut out, self.created_ms);
+        out
+    }
+}
+
 impl Queue {
     /// Reads the stored text; anything unreadable (another version, corrupt
     /// lines) is skipped, never an error.
     pub fn from_text(text: &str) -> Queue {
         let mut q = Queue::default();
-        let mut lines = text.split('\n');
+        let mut lines = split_on(text, b'\n');
         if lines.next() != Some(FORMAT) {
             return q;
         }
         for line in lines {
-            let f: Vec<&str> = line.split('\t').collect();
-            match f.as_slice() {
-                ["s", key, at] => {
-                    if let Some(at) = parse_i64(at) {
-                        q.sent.push(((*key).to_owned(), at));
+            let f: Vec<&str> = split_on(line, b'\t').collect();
+            let num = |i: usize| f.get(i).and_then(|s| parse_i64(s));
+            match (f.first(), f.len()) {
+                (Some(&"s"), 3) => {
+                    if let Some(at) = num(2) {
+                        q.sent.push((f[1].to_owned(), at));
                     }
                 }
-                ["i", token, cookie, page, created, expires, attempts, next, owner, lease] => {
-                    let num = |s: &str| parse_i64(s);
-                    let (
-                        Some(created_ms),
-                        Some(expires_ms),
-                        Some(attempts),
-                        Some(next_ms),
-                        Some(lease_until_ms),
-                    ) = (
-                        num(created),
-                        num(expires),
-                        num(attempts),
-                        num(next),
-                        num(lease),
-                    )
+                (Some(&"i"), 11) => {
+                    let (Some(created_ms), Some(expires_ms), Some(attempts), Some(next_ms)) =
+                        (num(5), num(6), num(7), num(8))
                     else {
                         continue;
                     };
-                    if !token_shape_ok(token) {
+                    let Some(lease_until_ms) = num(10) else {
+                        continue;
+                    };
+                    if !token_shape_ok(f[1]) {
                         continue;
                     }
                     q.items.push(Item {
-                        token: (*token).to_owned(),
-                        cookie: (*cookie).to_owned(),
-                        page: (*page).to_owned(),
+                        token: f[1].to_owned(),
+                        cookie: f[2].to_owned(),
+                        page: f[3].to_owned(),
+                        person: f[4].to_owned(),
                         created_ms,
                         expires_ms,
                         attempts: u32::try_from(attempts).unwrap_or(MAX_ATTEMPTS),
                         next_ms,
-                        owner: (*owner).to_owned(),
+                        owner: f[9].to_owned(),
                         lease_until_ms,
                     });
                 }
@@ -597,10 +449,12 @@ impl Queue {
         let mut out = String::with_capacity(64 + self.items.len() * 400 + self.sent.len() * 80);
         out.push_str(FORMAT);
         for it in &self.items {
-            out.push_str("\ni\t");
-            for s in [&it.token, &it.cookie, &it.page] {
-                out.push_str(&field(s, MAX_TOKEN_LEN));
+            out.push_str("\ni");
+            // Token, cookie, page and person were made fit for the format when
+            // the item was created (or read back from it).
+            for s in [&it.token, &it.cookie, &it.page, &it.person] {
                 out.push('\t');
+                out.push_str(s);
             }
             for n in [
                 it.created_ms,
@@ -608,16 +462,17 @@ impl Queue {
                 i64::from(it.attempts),
                 it.next_ms,
             ] {
-                push_i64(&mut out, n);
                 out.push('\t');
+                push_i64(&mut out, n);
             }
-            out.push_str(&field(&it.owner, 64));
+            out.push('\t');
+            push_field(&mut out, &it.owner, 64);
             out.push('\t');
             push_i64(&mut out, it.lease_until_ms);
         }
         for (key, at) in &self.sent {
             out.push_str("\ns\t");
-            out.push_str(&field(key, 64));
+            out.push_str(key);
             out.push('\t');
             push_i64(&mut out, *at);
         }
@@ -635,21 +490,16 @@ impl Queue {
             .retain(|it| it.expires_ms > now && it.attempts < MAX_ATTEMPTS);
         self.sent
             .retain(|(_, at)| now.saturating_sub(*at) < SENT_TTL_MS);
-        if self.items.len() > MAX_ITEMS {
-            let extra = self.items.len() - MAX_ITEMS;
-            self.items.drain(..extra);
-        }
-        if self.sent.len() > MAX_SENT {
-            let extra = self.sent.len() - MAX_SENT;
-            self.sent.drain(..extra);
-        }
+        let extra = self.items.len().saturating_sub(MAX_ITEMS);
+        self.items.drain(..extra);
+        let extra = self.sent.len().saturating_sub(MAX_SENT);
+        self.sent.drain(..extra);
     }
 
-    /// True when the pair `key` was sent within [`SENT_TTL_MS`].
-    pub fn was_sent(&self, key: &str, now: i64) -> bool {
-        self.sent
-            .iter()
-            .any(|(k, at)| k == key && now.saturating_sub(*at) < SENT_TTL_MS)
+    /// True when the pair `key` was sent within [`SENT_TTL_MS`] (expired
+    /// entries are pruned before every change).
+    pub fn was_sent(&self, key: &str) -> bool {
+        self.sent.iter().any(|(k, _)| k == key)
     }
 
     fn remember_sent(&mut self, key: String, now: i64) {
@@ -657,62 +507,84 @@ impl Queue {
         self.sent.push((key, now));
     }
 
-    /// Stores a tag request for `token`, with the selected `_mkto_trk` value when
-    /// there is one yet. A token already queued is not stored twice.
-    pub fn enqueue(&mut self, token: &str, cookie: Option<&str>, page: &str, now: i64) -> Enqueued {
-        if !token_shape_ok(token) {
+    /// Stores a tag request for `token` (its person's key and lifetime read by
+    /// the caller; `ttl_ms` `None` when unknown), with the selected `_mkto_trk`
+    /// value when there is one yet. With a cookie the new item is leased to
+    /// `owner` (when not empty) at once, so the enqueuing tab sends it and no
+    /// other tab does. A token already queued is not stored twice.
+    #[allow(clippy::too_many_arguments)]
+    pub fn enqueue(
+        &mut self,
+        token: &str,
+        person: &Person,
+        ttl_ms: Option<i64>,
+        cookie: Option<&str>,
+        page: &str,
+        owner: &str,
+        now: i64,
+    ) -> Enqueued {
+        if !token_shape_ok(token) || ttl_ms.is_some_and(|t| t <= 0) {
             return Enqueued::Malformed;
         }
         self.prune(now);
-        let cookie = cookie.unwrap_or("");
-        if let Some(vt) = visitor_token(cookie) {
-            if self.was_sent(&pair_key(&vt, token), now) {
-                return Enqueued::Duplicate;
-            }
+        let vt = cookie.and_then(visitor_token);
+        if vt
+            .as_ref()
+            .is_some_and(|vt| self.was_sent(&pair_key(vt, person)))
+        {
+            return Enqueued::Duplicate;
         }
-        if self.items.iter().any(|it| it.token == token) {
+        // Only a valid value is kept (it also never holds a tab or newline).
+        let cookie = cookie.filter(|_| vt.is_some()).unwrap_or("");
+        if self.contains(token) {
             return Enqueued::Queued;
         }
-        let expires_ms = peek_exp(token)
-            .map(|s| s.saturating_mul(1000))
-            .unwrap_or(now + DEFAULT_ITEM_TTL_MS)
-            .min(now + MAX_ITEM_TTL_MS);
+        let ttl = ttl_ms.unwrap_or(DEFAULT_ITEM_TTL_MS).min(MAX_ITEM_TTL_MS);
+        let leased = !cookie.is_empty() && !owner.is_empty();
         self.items.push(Item {
             token: token.to_owned(),
             cookie: cookie.to_owned(),
             page: field(page, MAX_PAGE_LEN),
+            person: person.as_str().to_owned(),
             created_ms: now,
-            expires_ms,
+            expires_ms: now.saturating_add(ttl),
             attempts: 0,
             next_ms: now,
-            owner: String::new(),
-            lease_until_ms: 0,
+            owner: if leased {
+                owner.to_owned()
+            } else {
+                String::new()
+            },
+            lease_until_ms: if leased { now + LEASE_MS } else { 0 },
         });
         self.prune(now);
         Enqueued::Queued
     }
 
+    /// True when `token` is queued and leased to `owner`.
+    pub fn leased_to(&self, token: &str, owner: &str) -> bool {
+        self.get(token).is_some_and(|it| it.owner == owner)
+    }
+
+    /// The queued item of `token`.
+    pub fn get(&self, token: &str) -> Option<&Item> {
+        self.items.iter().find(|it| it.token == token)
+    }
+
     /// Takes the lease on every item that is due, not leased (by any tab) and
-    /// has a cookie (items still waiting for one get `cookie` when given; an item
-    /// whose pair turns out to be sent already is dropped). Returns the claimed
-    /// items' tokens.
-    pub fn claim(&mut self, owner: &str, cookie: Option<&str>, now: i64) -> Vec<String> {
+    /// has a cookie (items still waiting for one get `cookie` when given). An
+    /// item whose pair turns out to be sent already (by another tab, or before
+    /// consent was granted) is dropped. Returns the claimed items.
+    pub fn claim(&mut self, owner: &str, cookie: Option<&str>, now: i64) -> Vec<&Item> {
         self.prune(now);
-        let vt = cookie.and_then(visitor_token);
-        if let (Some(cookie), Some(vt)) = (cookie, vt.as_deref()) {
-            let sent = &self.sent;
-            self.items.retain_mut(|it| {
-                if !it.cookie.is_empty() {
-                    return true;
-                }
-                let key = pair_key(vt, &it.token);
-                if sent.iter().any(|(k, _)| *k == key) {
-                    return false;
-                }
-                it.cookie = cookie.to_owned();
-                true
-            });
+        if let Some(c) = cookie.filter(|c| visitor_token(c).is_some()) {
+            for it in self.items.iter_mut().filter(|it| it.cookie.is_empty()) {
+                it.cookie = c.to_owned();
+            }
         }
+        let sent = &self.sent;
+        self.items
+            .retain(|it| it.pair().is_none_or(|k| !sent.iter().any(|(s, _)| *s == k)));
         let mut out = Vec::new();
         for it in &mut self.items {
             // A leased item is not claimed again before the lease ends, not even
@@ -721,32 +593,10 @@ impl Queue {
             if !it.cookie.is_empty() && it.next_ms <= now && it.lease_until_ms <= now {
                 it.owner = owner.to_owned();
                 it.lease_until_ms = now + LEASE_MS;
-                out.push(it.token.clone());
+                out.push(&*it);
             }
         }
         out
-    }
-
-    /// The JSON tag request for a queued token (the wire format of
-    /// [`crate::wire::TagRequest`]), built without a JSON library.
-    pub fn request_body(&self, token: &str) -> Option<String> {
-        let it = self.items.iter().find(|it| it.token == token)?;
-        let mut out = String::with_capacity(it.token.len() + it.cookie.len() + it.page.len() + 96);
-        out.push_str("{\"v\":1,\"token\":");
-        push_json_str(&mut out, &it.token);
-        out.push_str(",\"cookies\":{\"");
-        out.push_str(munchkin::COOKIE_NAME);
-        out.push_str("\":");
-        push_json_str(&mut out, &it.cookie);
-        out.push('}');
-        if !it.page.is_empty() {
-            out.push_str(",\"page\":");
-            push_json_str(&mut out, &it.page);
-        }
-        out.push_str(",\"ts\":");
-        push_i64(&mut out, it.created_ms);
-        out.push_str(",\"consent\":\"granted\"}");
-        Some(out)
     }
 
     /// Records how sending `token` ended: sent, duplicate and rejected items leave
@@ -758,9 +608,8 @@ impl Queue {
         };
         match reply {
             Reply::Sent | Reply::Duplicate => {
-                let it = self.items.remove(pos);
-                if let Some(vt) = visitor_token(&it.cookie) {
-                    self.remember_sent(pair_key(&vt, &it.token), now);
+                if let Some(key) = self.items.remove(pos).pair() {
+                    self.remember_sent(key, now);
                 }
             }
             Reply::Rejected => {
@@ -768,7 +617,7 @@ impl Queue {
             }
             Reply::Retry => {
                 let it = &mut self.items[pos];
-                it.attempts += 1;
+                it.attempts = it.attempts.saturating_add(1);
                 it.next_ms = now + backoff_ms(it.attempts, rand);
                 it.owner.clear();
                 it.lease_until_ms = 0;
@@ -788,7 +637,7 @@ impl Queue {
 
     /// True when `token` is still queued.
     pub fn contains(&self, token: &str) -> bool {
-        self.items.iter().any(|it| it.token == token)
+        self.get(token).is_some()
     }
 
     /// Moves every item and sent pair of `other` into this queue (pending-consent
@@ -809,117 +658,111 @@ impl Queue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tag_token::{peek_claims, Event, Keyring};
-    use crate::wire::TagRequest;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     const NOW: i64 = 1_700_000_000_000;
     const COOKIE: &str = "id:123-ABC-456&token:_mch-example.com-1700000000000-12345";
     const COOKIE2: &str = "id:123-ABC-456&token:_mch-example.com-1700000000000-99999";
+    const VT: &str = "_mch-example.com-1700000000000-12345";
+    const TTL: Option<i64> = Some(600_000);
 
-    fn ring() -> Keyring {
-        Keyring::parse("k1:MDEyMzQ1Njc4OWFiY2RlZg").unwrap()
+    fn tok(n: i64) -> String {
+        let mut t = String::from("v1.payload");
+        push_i64(&mut t, n);
+        t.push_str(".sig");
+        t
     }
 
-    fn token(sub: &str, email: &str, iat: i64) -> String {
-        ring()
-            .issue(sub, email, Event::Login, iat, 600, None)
-            .unwrap()
+    fn jane(token: &str) -> Person {
+        Person::new("u1\na@example.com", token)
     }
 
-    #[test]
-    fn peek_agrees_with_core_claims() {
-        for (sub, email) in [
-            ("u1", "a@example.com"),
-            ("ü \"q\" \\ \u{1F600}", "x+tag@ex.com"),
-            ("x", "b@b.co"),
-        ] {
-            let t = token(sub, email, NOW / 1000);
-            let claims = peek_claims(&t).unwrap();
-            assert_eq!(
-                peek_person(&t),
-                Some((claims.sub.clone(), claims.email.clone()))
-            );
-            assert_eq!(peek_exp(&t), Some(claims.exp));
-        }
-        assert_eq!(peek_person("v1.!!.x"), None);
-        assert_eq!(peek_person("v2.e30.x"), None);
-        assert_eq!(peek_person("v1.e30.x"), None);
-    }
-
-    #[test]
-    fn scanner_skips_nested_values() {
-        let json = br#" { "a" : [1,{"sub":"no"}], "b":{"c":"}"}, "sub" : "yes\u00e9\ud83d\ude00", "n": -12 } "#;
-        assert_eq!(
-            json_top_string(json, "sub").as_deref(),
-            Some("yes\u{e9}\u{1F600}")
-        );
-        assert_eq!(json_top_number(json, "n"), Some(-12));
-        assert_eq!(json_top_string(json, "c"), None);
-        assert_eq!(json_top_string(b"{\"sub\":\"unterminated", "sub"), None);
-        assert_eq!(json_top_string(b"[]", "sub"), None);
+    fn enq(q: &mut Queue, t: &str, cookie: Option<&str>, now: i64) -> Enqueued {
+        q.enqueue(t, &jane(t), TTL, cookie, "p", "tab", now)
     }
 
     #[test]
     fn repeat_login_is_duplicate_by_person_not_token() {
         let mut q = Queue::default();
-        let t1 = token("u1", "a@example.com", NOW / 1000);
-        let t2 = token("u1", "a@example.com", NOW / 1000 + 5);
-        assert_ne!(t1, t2);
-        assert_eq!(q.enqueue(&t1, Some(COOKIE), "p", NOW), Enqueued::Queued);
-        assert_eq!(q.claim("a", Some(COOKIE), NOW), vec![t1.clone()]);
+        let (t1, t2) = (tok(1), tok(2));
+        assert_eq!(enq(&mut q, &t1, Some(COOKIE), NOW), Enqueued::Queued);
+        assert!(q.leased_to(&t1, "tab"));
         q.complete(&t1, Reply::Sent, NOW, 0.5);
         assert!(q.items.is_empty());
-        assert_eq!(
-            q.enqueue(&t2, Some(COOKIE), "p", NOW + 1),
-            Enqueued::Duplicate
-        );
+        assert_eq!(enq(&mut q, &t2, Some(COOKIE), NOW + 1), Enqueued::Duplicate);
         // Another visitor token or another person is a new pair.
+        assert_eq!(enq(&mut q, &t2, Some(COOKIE2), NOW + 1), Enqueued::Queued);
+        let t3 = tok(3);
+        let bob = Person::new("u2\nb@example.com", &t3);
         assert_eq!(
-            q.enqueue(&t2, Some(COOKIE2), "p", NOW + 1),
+            q.enqueue(&t3, &bob, TTL, Some(COOKIE), "p", "tab", NOW + 1),
             Enqueued::Queued
         );
-        let t3 = token("u2", "b@example.com", NOW / 1000);
-        assert_eq!(q.enqueue(&t3, Some(COOKIE), "p", NOW + 1), Enqueued::Queued);
         // The memory has a time limit.
         let mut later = q.clone();
         later.items.clear();
         assert_eq!(
-            later.enqueue(&t2, Some(COOKIE), "p", NOW + SENT_TTL_MS + 1),
+            enq(&mut later, &t2, Some(COOKIE), NOW + SENT_TTL_MS + 1),
             Enqueued::Queued
         );
+    }
+
+    #[test]
+    fn unreadable_claims_key_on_the_token() {
+        assert_ne!(Person::new("", "v1.a.b"), Person::new("", "v1.a.c"));
+        assert_ne!(Person::new("", "u1\na@x"), Person::new("u1\na@x", "v1.a.b"));
+        assert_eq!(Person::new("u1\na@x", "v1.a.b").as_str().len(), 64);
     }
 
     #[test]
     fn cookie_filled_at_claim_and_sent_pair_dropped() {
         let mut q = Queue::default();
-        let t = token("u1", "a@example.com", NOW / 1000);
-        assert_eq!(q.enqueue(&t, None, "p", NOW), Enqueued::Queued);
+        let t = tok(1);
+        assert_eq!(enq(&mut q, &t, None, NOW), Enqueued::Queued);
+        assert!(!q.leased_to(&t, "tab"), "no cookie: not leased at enqueue");
         assert!(q.claim("a", None, NOW).is_empty(), "no cookie yet");
         assert_eq!(q.next_due_ms(), None);
-        assert_eq!(q.claim("a", Some(COOKIE), NOW), vec![t.clone()]);
+        assert_eq!(q.claim("a", Some(COOKIE), NOW).len(), 1);
         assert_eq!(q.items[0].cookie, COOKIE);
 
         let mut q2 = Queue::default();
-        q2.remember_sent(pair_key("_mch-example.com-1700000000000-12345", &t), NOW);
-        q2.enqueue(&t, None, "p", NOW);
+        q2.remember_sent(pair_key(VT, &jane(&t)), NOW);
+        enq(&mut q2, &t, None, NOW);
         assert!(q2.claim("a", Some(COOKIE), NOW).is_empty());
         assert!(q2.items.is_empty());
     }
 
     #[test]
+    fn claim_drops_items_whose_pair_was_sent_meanwhile() {
+        // Queued with a cookie while another tab (or the pending-consent memory)
+        // sent the same pair under another token.
+        let mut q = Queue::default();
+        let (t1, t2) = (tok(1), tok(2));
+        enq(&mut q, &t1, Some(COOKIE), NOW);
+        q.complete(&t1, Reply::Retry, NOW, 0.5);
+        q.remember_sent(pair_key(VT, &jane(&t2)), NOW);
+        assert!(q.claim("a", None, NOW + 10_000).is_empty());
+        assert!(q.items.is_empty());
+    }
+
+    #[test]
     fn leases_and_backoff() {
         let mut q = Queue::default();
-        let t = token("u1", "a@example.com", NOW / 1000);
-        q.enqueue(&t, Some(COOKIE), "p", NOW);
-        assert_eq!(q.claim("a", None, NOW).len(), 1);
-        assert!(q.claim("b", None, NOW + 1).is_empty());
+        let t = tok(1);
+        enq(&mut q, &t, Some(COOKIE), NOW);
         assert!(
-            q.claim("a", None, NOW + 1).is_empty(),
+            q.claim("b", None, NOW + 1).is_empty(),
+            "leased to the enqueuing tab"
+        );
+        assert!(
+            q.claim("tab", None, NOW + 1).is_empty(),
             "not even the owner re-claims"
         );
         let t0 = NOW + LEASE_MS;
         assert!(q.claim("b", None, t0 - 1).is_empty());
         assert_eq!(q.claim("b", None, t0).len(), 1, "lease ran out");
+        assert!(q.leased_to(&t, "b"));
         q.complete(&t, Reply::Retry, t0, 0.5);
         assert_eq!(q.items[0].attempts, 1);
         assert_eq!(q.next_due_ms(), Some(t0 + 2_000));
@@ -930,23 +773,29 @@ mod tests {
     }
 
     #[test]
-    fn expiry_bounds_and_malformed() {
+    fn lifetime_counts_on_this_clock_and_bounds_hold() {
         let mut q = Queue::default();
+        assert_eq!(enq(&mut q, "nope", Some(COOKIE), NOW), Enqueued::Malformed);
+        assert_eq!(enq(&mut q, "v1..x", Some(COOKIE), NOW), Enqueued::Malformed);
+        let t = tok(1);
         assert_eq!(
-            q.enqueue("nope", Some(COOKIE), "p", NOW),
-            Enqueued::Malformed
+            q.enqueue(&t, &jane(&t), Some(0), None, "p", "tab", NOW),
+            Enqueued::Malformed,
+            "a token whose exp is not after its iat"
         );
-        assert_eq!(
-            q.enqueue("v1..x", Some(COOKIE), "p", NOW),
-            Enqueued::Malformed
-        );
-        let t = token("u1", "a@example.com", NOW / 1000);
-        q.enqueue(&t, Some(COOKIE), "p", NOW);
-        assert_eq!(q.items[0].expires_ms, NOW + 600_000);
-        q.prune(NOW + 600_000);
+        // A browser clock hours ahead of the server still keeps the item for the
+        // token's lifetime.
+        enq(&mut q, &t, Some(COOKIE), NOW + 5 * 3600 * 1000);
+        assert_eq!(q.items[0].expires_ms, NOW + 5 * 3600 * 1000 + 600_000);
+        q.prune(NOW + 5 * 3600 * 1000 + 600_000);
         assert!(q.items.is_empty());
+        q.enqueue(&t, &jane(&t), None, None, "p", "tab", NOW);
+        assert_eq!(q.items[0].expires_ms, NOW + DEFAULT_ITEM_TTL_MS);
+        q.items.clear();
+        q.enqueue(&t, &jane(&t), Some(i64::MAX), None, "p", "tab", NOW);
+        assert_eq!(q.items[0].expires_ms, NOW + MAX_ITEM_TTL_MS);
         for i in 0..(MAX_ITEMS as i64 + 5) {
-            q.enqueue(&token("u", "a@example.com", NOW / 1000 + i), None, "p", NOW);
+            enq(&mut q, &tok(100 + i), None, NOW);
         }
         assert_eq!(q.items.len(), MAX_ITEMS);
         for i in 0..(MAX_SENT + 5) {
@@ -960,22 +809,31 @@ mod tests {
     #[test]
     fn text_round_trip_and_garbage() {
         let mut q = Queue::default();
-        let t = token("u1", "a@example.com", NOW / 1000);
-        q.enqueue(&t, Some(COOKIE), "https://x.test/a?b=c\td\ne", NOW);
-        q.claim("tab\t1", None, NOW);
+        let t = tok(1);
+        q.enqueue(
+            &t,
+            &jane(&t),
+            TTL,
+            Some(COOKIE),
+            "https://x.test/a?b=c\td\ne",
+            "tab\t1",
+            NOW,
+        );
         q.remember_sent("k".into(), NOW - 5);
         let text = q.to_text();
         let back = Queue::from_text(&text);
         assert_eq!(back.items[0].page, "https://x.test/a?b=cde");
         assert_eq!(back.items[0].owner, "tab1");
+        assert_eq!(back.items[0].person, jane(&t).as_str());
         assert_eq!(back.sent, q.sent);
         assert_eq!(Queue::from_text(&back.to_text()), back);
-        assert!(Queue::from_text("idtag-q0\ni\tx").is_empty());
+        assert!(Queue::from_text("idtag-q1\ni\tx").is_empty());
         assert!(Queue::from_text("").is_empty());
         let mixed = [
             FORMAT,
             "junk",
-            "i\tv1.a.b\t\t\t1\t2",
+            "i\tv1.a.b\t\t\t\t1\t2",
+            "i\tnot-a-token\t\t\t\t1\t2\t0\t0\t\t0",
             "s\tk\tnotanumber",
             "s\tk2\t7",
         ]
@@ -986,20 +844,22 @@ mod tests {
     }
 
     #[test]
-    fn request_body_is_the_wire_format() {
+    fn send_line_carries_what_the_request_needs() {
         let mut q = Queue::default();
-        let t = token("u1", "a@example.com", NOW / 1000);
-        q.enqueue(&t, Some(COOKIE), "https://x.test/\"q\"\\é", NOW);
-        let body = q.request_body(&t).unwrap();
-        let r: TagRequest = serde_json::from_str(&body).unwrap();
-        assert_eq!(r.token, t);
-        assert_eq!(r.tracking_value(), Some(COOKIE));
-        assert_eq!(r.page.as_deref(), Some("https://x.test/\"q\"\\é"));
-        assert_eq!(r.ts, Some(NOW));
-        assert_eq!(r.v, 1);
-        let mut s = String::new();
-        push_json_str(&mut s, "\u{1}");
-        assert_eq!(s, "\"\\u0001\"");
+        let t = tok(1);
+        enq(&mut q, &t, Some(COOKIE), NOW);
+        let line = q.get(&t).unwrap().send_line();
+        let f: Vec<&str> = line.split('\t').collect();
+        assert_eq!(f, [t.as_str(), COOKIE, "p", "1700000000000"]);
+    }
+
+    #[test]
+    fn replies() {
+        assert_eq!(Reply::from_status(202, ReplyBody::Queued), Reply::Sent);
+        assert_eq!(Reply::from_status(204, ReplyBody::Other), Reply::Rejected);
+        assert_eq!(Reply::from_status(503, ReplyBody::Queued), Reply::Retry);
+        assert_eq!(Reply::from_status(408, ReplyBody::Other), Reply::Retry);
+        assert_eq!(Reply::from_status(413, ReplyBody::Other), Reply::Rejected);
     }
 
     #[test]
@@ -1025,14 +885,13 @@ mod tests {
     fn merge_keeps_both() {
         let mut a = Queue::default();
         let mut b = Queue::default();
-        let t1 = token("u1", "a@example.com", NOW / 1000);
-        let t2 = token("u2", "b@example.com", NOW / 1000);
-        a.enqueue(&t1, None, "p", NOW);
-        b.enqueue(&t2, None, "p", NOW);
-        b.enqueue(&t1, None, "p", NOW);
+        let (t1, t2) = (tok(1), tok(2));
+        enq(&mut a, &t1, None, NOW);
+        enq(&mut b, &t2, None, NOW);
+        enq(&mut b, &t1, None, NOW);
         b.remember_sent("k".into(), NOW);
         a.merge(b, NOW);
         assert_eq!(a.items.len(), 2);
-        assert!(a.was_sent("k", NOW));
+        assert!(a.was_sent("k"));
     }
 }

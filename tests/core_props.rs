@@ -3,7 +3,7 @@
 #![cfg(not(target_arch = "wasm32"))]
 
 use idtag::identity::normalize_email;
-use idtag::munchkin::{parse_value, select, Preferences};
+use idtag::munchkin::{parse_value, select, selected_value, Preferences};
 use idtag::tag_token::{Event, Keyring, VerifyOptions};
 use proptest::prelude::*;
 
@@ -37,7 +37,10 @@ proptest! {
 
     #[test]
     fn cookie_select_never_panics(h in header_like(), id in proptest::option::of("[0-9A-Za-z-]{0,12}"), dom in proptest::option::of("[a-z.]{0,12}")) {
-        let s = select(&h, &Preferences { munchkin_id: id, cookie_domain: dom });
+        let prefs = Preferences { munchkin_id: id, cookie_domain: dom };
+        let s = select(&h, &prefs);
+        // The browser's lean path picks exactly what the full selection picks.
+        prop_assert_eq!(selected_value(&h, &prefs), s.selected.as_ref().map(|c| c.value.clone()));
         if let Some(sel) = &s.selected {
             prop_assert!(s.candidates.contains(sel));
             // A selected value re-parses to itself: decoding happened once, not twice.

@@ -1,10 +1,17 @@
-//! Browser facade (wasm32): the `#[wasm_bindgen]` [`Tagger`] over the core, plus
-//! the browser I/O that is synchronous — `document.cookie` and `localStorage`,
-//! imported from five small functions in `js/io.js` (cheaper than web-sys and
-//! js-sys glue, and they catch every browser exception on the JS side). Network sends (`fetch` with `keepalive`, `sendBeacon`), timers
-//! and DOM events live in the hand-written ESM facade (`js/index.js`), which calls
-//! this type; every decision (which cookie, consent, what to store, what is due,
-//! what a reply means) is made here or in [`crate::tag_queue`].
+//! Browser facade (wasm32): the [`Tagger`] over the core, plus the browser I/O
+//! that is synchronous — `document.cookie` and `localStorage`, imported from
+//! four small functions in `js/io.js` (cheaper than web-sys and js-sys glue, and
+//! they catch every browser exception on the JS side). Network sends (`fetch`
+//! with `keepalive`, `sendBeacon`), timers, DOM events, reading a tag token's
+//! claims (the browser's own `atob` and `JSON.parse`) and building the request
+//! JSON live in the hand-written ESM facade (`js/index.js`); every decision
+//! (which cookie, consent, what to store, what is due, what a reply means) is
+//! made here or in [`crate::tag_queue`].
+//!
+//! The facade reaches the tagger through one exported entry point,
+//! [`Handle::call`], with an operation code ([`op`]) and string arguments: each
+//! wasm export costs its own glue and inlined copies, and one keeps the
+//! package small. Rust code and the wasm tests use [`Tagger`]'s typed methods.
 //!
 //! Size rules (see STYLE.md): no `format!`, no `Debug`, no serde_json on these
 //! paths; results are short codes the facade turns into `IdtagError`s or outcomes.
@@ -19,7 +26,7 @@ static ALLOC: alloc::ClassAlloc = alloc::ClassAlloc::new();
 
 use crate::cookie;
 use crate::munchkin::{self, Preferences};
-use crate::tag_queue::{Enqueued, Queue, Reply, STORAGE_KEY};
+use crate::tag_queue::{self, Enqueued, Person, Queue, Reply, ReplyBody, STORAGE_KEY};
 use crate::wire::Consent;
 use wasm_bindgen::prelude::*;
 
@@ -27,31 +34,109 @@ use wasm_bindgen::prelude::*;
 extern "C" {
     #[wasm_bindgen(js_name = readCookie)]
     fn read_cookie() -> String;
-    #[wasm_bindgen(js_name = writeCookie)]
-    fn write_cookie(line: &str);
-    #[wasm_bindgen(js_name = hostName)]
-    fn host_name() -> String;
     #[wasm_bindgen(js_name = storageGet)]
     fn storage_get(key: &str) -> Option<String>;
     #[wasm_bindgen(js_name = storageSet)]
     fn storage_set(key: &str, value: &str) -> bool;
 }
 
-/// True for a Munchkin id such as `123-ABC-456` (the facade validates its config with it).
-#[wasm_bindgen(js_name = isMunchkinId)]
-pub fn is_munchkin_id(s: &str) -> bool {
-    munchkin::is_munchkin_id(s)
+/// Operation codes of [`Handle::call`] (mirrored in `js/index.js`).
+pub mod op {
+    /// `""` when the configuration is valid, else an error code.
+    pub const CONFIG_ERROR: u32 = 0;
+    /// The consent in force.
+    pub const CONSENT: u32 = 1;
+    /// `arg` = consent; `"1"` when accepted.
+    pub const SET_CONSENT: u32 = 2;
+    /// The selected `_mkto_trk` value, or `""`.
+    pub const COOKIE: u32 = 3;
+    /// `"1"` while the queue lives in localStorage.
+    pub const PERSISTENT: u32 = 4;
+    /// `arg` = token `\0` page `\0` claims, `x` = token lifetime in ms (NaN when
+    /// unknown): the outcome, then (when this tab is to send it now) `\n` and
+    /// the item's send line.
+    pub const ENQUEUE: u32 = 5;
+    /// Send lines of the items claimed by this tab, one per line.
+    pub const CLAIM: u32 = 6;
+    /// `arg` = token `\0` body (`queued`, `duplicate` or other), `x` = HTTP
+    /// status (0: network error), `y` = random in [0, 1): `sent`, `duplicate`,
+    /// `rejected` or `retry`.
+    pub const COMPLETE: u32 = 7;
+    /// `arg` = token: `"1"` while it waits in the queue.
+    pub const QUEUED: u32 = 8;
+    /// When the next item is due (Unix ms), or `""`.
+    pub const NEXT_DUE: u32 = 9;
+    /// Forgets queued work and sent pairs (logout).
+    pub const RESET: u32 = 10;
 }
 
 /// The identity tagger of one page: selects the `_mkto_trk` cookie, applies
 /// consent, and keeps the durable queue of tag requests.
-#[wasm_bindgen]
 pub struct Tagger {
     prefs: Preferences,
     consent: Consent,
     owner: String,
     memory: Queue,
     storage_ok: bool,
+    /// Denied consent was applied (work cleared) and is still in force.
+    cleared: bool,
+}
+
+/// The tagger as the JS facade sees it (`new Tagger(config)` and `call`).
+#[wasm_bindgen(js_name = Tagger)]
+pub struct Handle(Tagger);
+
+#[wasm_bindgen(js_class = Tagger)]
+impl Handle {
+    /// `config` is `munchkin id \0 cookie domain \0 consent \0 owner` (empty
+    /// parts for none; `owner` is a random id of this tab).
+    #[wasm_bindgen(constructor)]
+    pub fn new(config: &str) -> Handle {
+        let mut parts = cookie::split_on(config, 0);
+        let mut next = || parts.next().filter(|s| !s.is_empty()).map(str::to_owned);
+        let (id, domain, consent, owner) = (next(), next(), next(), next());
+        Handle(Tagger::new(
+            id,
+            domain,
+            consent.as_deref().unwrap_or(""),
+            owner.unwrap_or_default(),
+        ))
+    }
+
+    /// Runs operation `op` (see [`op`]) and returns its string result.
+    pub fn call(&mut self, op: u32, arg: &str, now: f64, x: f64, y: f64) -> String {
+        let t = &mut self.0;
+        let flag = |b: bool| if b { "1" } else { "" }.to_owned();
+        // Arguments are NUL-separated; the last one (claims) keeps any NUL it holds.
+        let (first, rest) = cookie::split_at_byte(arg, 0);
+        let (second, rest) = cookie::split_at_byte(rest.unwrap_or_default(), 0);
+        match op {
+            op::CONFIG_ERROR => t.config_error().unwrap_or_default().to_owned(),
+            op::CONSENT => t.consent().to_owned(),
+            op::SET_CONSENT => flag(t.set_consent(arg)),
+            op::COOKIE => t.cookie().unwrap_or_default(),
+            op::PERSISTENT => flag(t.persistent()),
+            op::ENQUEUE => {
+                let ttl = x.is_finite().then_some(x as i64);
+                t.enqueue(first, second, rest.unwrap_or_default(), ttl, now)
+            }
+            op::CLAIM => t.claim(now),
+            op::COMPLETE => {
+                t.complete(first, x as u16, second, now, y).to_owned()
+            }
+            op::QUEUED => flag(t.queued(arg)),
+            op::NEXT_DUE => t.next_due().map_or_else(String::new, |ms| {
+                let mut s = String::new();
+                tag_queue::push_i64(&mut s, ms);
+                s
+            }),
+            op::RESET => {
+                t.reset();
+                String::new()
+            }
+            _ => String::new(),
+        }
+    }
 }
 
 fn parse_consent(s: &str) -> Option<Consent> {
@@ -63,22 +148,14 @@ fn parse_consent(s: &str) -> Option<Consent> {
     }
 }
 
-/// `document.cookie`, or empty when there is no document or reading it throws
-/// (sandboxed frames, cookies disabled).
-fn cookie_string() -> String {
-    read_cookie()
-}
-
 fn non_empty(s: Option<String>) -> Option<String> {
-    s.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty())
+    s.map(|s| s.trim_ascii().to_owned()).filter(|s| !s.is_empty())
 }
 
-#[wasm_bindgen]
 impl Tagger {
     /// A tagger for this page. `owner` is a random id of this tab (its leases on
     /// queue items); `consent` is `granted`, `denied` or `pending` (anything else
     /// counts as `pending`).
-    #[wasm_bindgen(constructor)]
     pub fn new(
         munchkin_id: Option<String>,
         cookie_domain: Option<String>,
@@ -94,30 +171,42 @@ impl Tagger {
             owner,
             memory: Queue::default(),
             storage_ok: true,
+            cleared: false,
         };
         t.enforce_denied();
         t
     }
 
+    /// `invalid_munchkin_id` when the configured Munchkin id is not like `123-ABC-456`.
+    pub fn config_error(&self) -> Option<&'static str> {
+        self.prefs
+            .munchkin_id
+            .as_deref()
+            .is_some_and(|id| !munchkin::is_munchkin_id(id))
+            .then_some("invalid_munchkin_id")
+    }
+
     /// True when the Munchkin opt-out cookie (`mkto_opt_out=true`) is present.
-    #[wasm_bindgen(js_name = optedOut)]
     pub fn opted_out(&self) -> bool {
-        cookie::values_named(&cookie_string(), "mkto_opt_out").any(|v| v == "true")
+        cookie::values_named(&read_cookie(), "mkto_opt_out").any(|v| v == "true")
     }
 
     /// The consent in force: `denied` when opted out, else what the page set.
-    pub fn consent(&self) -> String {
-        self.effective().as_str().to_owned()
+    pub fn consent(&self) -> &'static str {
+        self.effective().as_str()
     }
 
     /// Changes consent. `denied` clears stored and held work; `granted` moves
     /// work held in memory into storage. Returns false for an unknown value.
-    #[wasm_bindgen(js_name = setConsent)]
     pub fn set_consent(&mut self, consent: &str) -> bool {
         let Some(c) = parse_consent(consent) else {
             return false;
         };
         self.consent = c;
+        if c == Consent::Denied {
+            // An explicit denial always clears.
+            self.cleared = false;
+        }
         if self.enforce_denied() == Consent::Granted && !self.memory.is_empty() {
             // An empty update merges the memory queue into storage.
             self.with_queue(|_| ());
@@ -125,7 +214,7 @@ impl Tagger {
         true
     }
 
-    /// The selected `_mkto_trk` value to hand over, or `undefined` when there is
+    /// The selected `_mkto_trk` value to hand over, or `None` when there is
     /// none or consent is not granted.
     pub fn cookie(&mut self) -> Option<String> {
         if self.enforce_denied() != Consent::Granted {
@@ -140,59 +229,84 @@ impl Tagger {
         self.storage_ok && storage_get(STORAGE_KEY).is_some()
     }
 
-    /// Stores a tag request for `token` before anything is sent. Returns
-    /// `queued`, `duplicate` (pair sent before), `consent_denied` or
-    /// `rejected:malformed`. With consent pending the request is held in memory.
-    pub fn enqueue(&mut self, token: &str, page: &str, now: f64) -> String {
+    /// Stores a tag request for `token` before anything is sent. `claims` is the
+    /// token's `sub` and `email` joined by a newline (empty when unreadable) and
+    /// `ttl_ms` its lifetime (`exp - iat`). Returns `queued`, `duplicate` (pair
+    /// sent before), `consent_denied` or `rejected:malformed`; a `queued` item
+    /// this tab is to send at once (the cookie is there) is followed by `\n` and
+    /// its send line. With consent pending the request is held in memory.
+    pub fn enqueue(
+        &mut self,
+        token: &str,
+        page: &str,
+        claims: &str,
+        ttl_ms: Option<i64>,
+        now: f64,
+    ) -> String {
         if self.enforce_denied() == Consent::Denied {
             return "consent_denied".into();
         }
         let cookie = self.selected();
+        let person = Person::new(claims, token);
+        // Only a granted tagger sends: held (pending) work is leased by nobody.
+        let owner = if self.consent == Consent::Granted {
+            self.owner.clone()
+        } else {
+            String::new()
+        };
         let now = now as i64;
-        let r = self.with_queue(|q| q.enqueue(token, cookie.as_deref(), page, now));
-        match r {
-            Enqueued::Queued => "queued",
-            Enqueued::Duplicate => "duplicate",
-            Enqueued::Malformed => "rejected:malformed",
-        }
-        .into()
+        self.with_queue(|q| {
+            let known = q.contains(token);
+            match q.enqueue(token, &person, ttl_ms, cookie.as_deref(), page, &owner, now) {
+                Enqueued::Queued => match q.get(token).filter(|it| !known && it.owner == owner) {
+                    Some(it) if !owner.is_empty() => tag_queue::cat(&["queued\n", &it.send_line()]),
+                    _ => "queued".into(),
+                },
+                Enqueued::Duplicate => "duplicate".into(),
+                Enqueued::Malformed => "rejected:malformed".into(),
+            }
+        })
     }
 
     /// Leases every due item to this tab (filling in the cookie for items that
-    /// waited for Munchkin) and returns `[token, body, token, body, …]`: the JSON
-    /// tag requests to send now. Empty unless consent is granted.
-    pub fn claim(&mut self, now: f64) -> Vec<String> {
+    /// waited for Munchkin) and returns their send lines (token, cookie, page,
+    /// creation time; tab-separated), one per line. Empty unless consent is
+    /// granted.
+    pub fn claim(&mut self, now: f64) -> String {
         if self.enforce_denied() != Consent::Granted {
-            return Vec::new();
+            return String::new();
         }
         let cookie = self.selected();
         let owner = self.owner.clone();
-        let now = now as i64;
         self.with_queue(|q| {
-            let tokens = q.claim(&owner, cookie.as_deref(), now);
-            let mut out = Vec::with_capacity(tokens.len() * 2);
-            for t in tokens {
-                if let Some(body) = q.request_body(&t) {
-                    out.push(t);
-                    out.push(body);
+            let mut out = String::new();
+            for it in q.claim(&owner, cookie.as_deref(), now as i64) {
+                if !out.is_empty() {
+                    out.push('\n');
                 }
+                out.push_str(&it.send_line());
             }
             out
         })
     }
 
-    /// Records the endpoint's reply for `token` (`status` 0 for a network error,
-    /// `duplicate` when the body said so) and returns `sent`, `duplicate`,
+    /// Records the endpoint's reply for `token` (`status` 0 for a network error;
+    /// `body` the reply's `status` field) and returns `sent`, `duplicate`,
     /// `rejected` or `retry`. `rand` in [0, 1) jitters the retry delay.
     pub fn complete(
         &mut self,
         token: &str,
         status: u16,
-        duplicate: bool,
+        body: &str,
         now: f64,
         rand: f64,
-    ) -> String {
-        let reply = Reply::from_status(status, duplicate);
+    ) -> &'static str {
+        let body = match body {
+            "queued" => ReplyBody::Queued,
+            "duplicate" => ReplyBody::Duplicate,
+            _ => ReplyBody::Other,
+        };
+        let reply = Reply::from_status(status, body);
         if self.enforce_denied() != Consent::Denied {
             self.with_queue(|q| q.complete(token, reply, now as i64, rand));
         }
@@ -202,7 +316,6 @@ impl Tagger {
             Reply::Rejected => "rejected",
             Reply::Retry => "retry",
         }
-        .into()
     }
 
     /// True while `token` waits in the queue.
@@ -210,57 +323,19 @@ impl Tagger {
         self.with_queue(|q| q.contains(token))
     }
 
-    /// When the next queued item becomes due (Unix ms), or -1 when none waits
-    /// with a cookie.
-    #[wasm_bindgen(js_name = nextDue)]
-    pub fn next_due(&mut self) -> f64 {
+    /// When the next queued item becomes due (Unix ms), or `None` when none
+    /// waits with a cookie.
+    pub fn next_due(&mut self) -> Option<i64> {
         self.with_queue(|q| q.next_due_ms())
-            .map_or(-1.0, |t| t as f64)
     }
 
     /// Forgets the last identity (logout): clears queued work and the memory of
     /// sent pairs, so the next user of this browser is handed over on their own.
-    ///
-    /// The `_mkto_trk` cookie is Munchkin's and stays by default: the visitor's
-    /// history continues, a repeat login costs nothing, and if the next person
-    /// logs in with it the server records a conflict instead of merging the two.
-    /// With `forget_visitor` the cookie is expired on this host, its parent
-    /// domains and the configured cookie domain, so Munchkin starts a new
-    /// anonymous visitor (kiosks, shared machines).
-    pub fn reset(&mut self, forget_visitor: bool) {
+    /// (The facade expires Munchkin's cookie too when asked to forget the visitor.)
+    pub fn reset(&mut self) {
         self.clear_all();
-        if !forget_visitor {
-            return;
-        }
-        for line in expire_lines(&host_name(), self.prefs.cookie_domain.as_deref()) {
-            write_cookie(&line);
-        }
     }
-}
 
-/// `document.cookie` assignments that expire `_mkto_trk` on the host, on every
-/// parent domain of it, and on the configured cookie domain.
-fn expire_lines(host: &str, cookie_domain: Option<&str>) -> Vec<String> {
-    const TAIL: &str = "=; expires=Thu, 01 Jan 1970 00:00:00 GMT; path=/";
-    let mut domains: Vec<&str> = Vec::new();
-    let mut rest = host;
-    while !rest.is_empty() {
-        domains.push(rest);
-        rest = rest.split_once('.').map_or("", |(_, r)| r);
-    }
-    if let Some(d) = cookie_domain {
-        domains.push(d.trim_start_matches('.'));
-    }
-    let mut out = Vec::with_capacity(domains.len() + 1);
-    let base = [munchkin::COOKIE_NAME, TAIL].concat();
-    for d in domains {
-        out.push([base.as_str(), "; domain=", d].concat());
-    }
-    out.push(base);
-    out
-}
-
-impl Tagger {
     fn effective(&self) -> Consent {
         if self.opted_out() {
             Consent::Denied
@@ -269,11 +344,17 @@ impl Tagger {
         }
     }
 
-    /// Applies denied consent (page choice or opt-out cookie): nothing stored or held.
+    /// Applies denied consent (page choice or opt-out cookie): what is stored or
+    /// held is cleared once, when denial takes effect. Later calls of a denied
+    /// tagger leave storage alone, so one that stays denied never wipes work
+    /// another tagger (another tab, granted there) stored meanwhile.
     fn enforce_denied(&mut self) -> Consent {
         let c = self.effective();
-        if c == Consent::Denied {
+        if c != Consent::Denied {
+            self.cleared = false;
+        } else if !self.cleared {
             self.clear_all();
+            self.cleared = true;
         }
         c
     }
@@ -284,9 +365,7 @@ impl Tagger {
     }
 
     fn selected(&self) -> Option<String> {
-        munchkin::select(&cookie_string(), &self.prefs)
-            .selected
-            .map(|c| c.value)
+        munchkin::selected_value(&read_cookie(), &self.prefs)
     }
 
     /// Runs `f` on the queue: read-modify-write of `localStorage` in one

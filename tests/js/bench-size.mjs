@@ -22,10 +22,10 @@ const measure = (files) => files.reduce((acc, f) => {
 }, { raw: 0, gzip: 0 });
 
 const pkg = path.join(repo, 'pkg');
-const snippets = (dir) => fs.readdirSync(dir, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? snippets(path.join(dir, e.name)) : [path.join(dir, e.name)]));
-const ours = [...['idtag_wasm_bg.wasm', 'idtag_wasm.js', 'index.js'].map((f) => path.join(pkg, f)), ...snippets(path.join(pkg, 'snippets'))];
+// What a page loads: every script and wasm file the package ships (the types and README are not loaded).
+const ours = fs.readdirSync(pkg).filter((f) => /\.(js|wasm)$/.test(f)).sort().map((f) => path.join(pkg, f));
 const rows = [
-  ...ours.map((f) => ({ name: 'idtag ' + path.relative(pkg, f).replace(/idtag-[0-9a-f]+/, '…'), ...measure([f]), part: true })),
+  ...ours.map((f) => ({ name: 'idtag ' + path.relative(pkg, f), ...measure([f]), part: true })),
   { name: 'idtag ' + JSON.parse(fs.readFileSync(path.join(pkg, 'package.json'))).version + ' (all a page loads)', ...measure(ours), ours: true },
 ];
 const vite = path.join(repo, 'target/js-e2e/vite-app/dist/assets');
@@ -51,8 +51,8 @@ const smallest = Math.min(...peers.map((p) => p.gzip));
 console.log(`\nidtag: ${total} B gzip; goal ${GOAL} B (${total <= GOAL ? 'met' : 'NOT met'}); budget ${BUDGET} B; smallest peer ${smallest} B`);
 let bad = false;
 if (total > BUDGET) { console.error(`size budget exceeded: ${total} > ${BUDGET} B gzip`); bad = true; }
-// The goal and the peer comparison are reported, not enforced: the budget is the
-// regression gate (lower size-budget.txt whenever the package shrinks).
-if (total >= smallest) console.log(`GOAL NOT MET: not below the smallest peer (${total} >= ${smallest} B gzip)`);
+// The budget is the regression gate (lower size-budget.txt whenever the package
+// shrinks); staying below the smallest peer is required too; the 12 KB goal is reported.
+if (total >= smallest) { console.error(`not below the smallest peer: ${total} >= ${smallest} B gzip`); bad = true; }
 if (total > GOAL) console.log(`GOAL NOT MET: ${total} > ${GOAL} B gzip`);
 process.exit(bad ? 1 : 0);

@@ -108,19 +108,24 @@ try {
     check('request helper: header and body field reach the login call', l.header === COOKIE && JSON.parse(l.body)._mkt_trk === COOKIE && out.h['X-Idtag-Mkto-Trk'] === COOKIE, { l, out });
     await page.context().close();
   }
-  // Mode 3: tag call, then a repeat login, then a forged token.
+  // Mode 3: tag call (on an SSO landing whose address carries a code), then a
+  // repeat login, then a forged token, then an endpoint that is no tag endpoint.
   {
-    const page = await open();
+    const page = await open(undefined, '?code=s3cret#state=x');
     await setCookie(page);
     const t1 = token('u1', 'a@example.com');
     const t2 = token('u1', 'a@example.com');
     const t3 = token('forged', 'x@example.com');
-    const out = await page.evaluate(async ([t1, t2, t3]) => {
+    const t4 = token('misrouted', 'm@example.com');
+    const out = await page.evaluate(async ([t1, t2, t3, t4]) => {
       const seen = [];
       const t = await window.idtag.createTagger({ endpoint: '/v1/tag', onOutcome: (r) => seen.push(r) });
-      return { a: await t.tag(t1, { event: 'login' }), b: await t.tag(t2, { event: 'login' }), c: await t.tag(t3), seen, persistent: t.persistent() };
-    }, [t1, t2, t3]);
+      const wrong = await window.idtag.createTagger({ endpoint: '/misrouted' });
+      return { a: await t.tag(t1, { event: 'login' }), b: await t.tag(t2, { event: 'login' }), c: await t.tag(t3), d: await wrong.tag(t4), seen, persistent: t.persistent() };
+    }, [t1, t2, t3, t4]);
     check('tag: sent once, as text/plain wire format', out.a === 'sent' && tagsFor(t1).length === 1 && tagsFor(t1)[0].cookie === COOKIE && /^text\/plain/.test(tagsFor(t1)[0].contentType) && tagsFor(t1)[0].body.consent === 'granted', { out, r: tagsFor(t1) });
+    check('tag: the page address is sent without its query and fragment', tagsFor(t1)[0] && tagsFor(t1)[0].body.page === srv.base + '/', tagsFor(t1)[0] && tagsFor(t1)[0].body.page);
+    check('tag: a 2xx reply that is not a tag reply is rejected:bad_reply', out.d === 'rejected:bad_reply', out.d);
     check('tag: repeat login of the same person is a local duplicate (no request)', out.b === 'duplicate' && tagsFor(t2).length === 0, out);
     check('tag: endpoint error code surfaces as rejected:<code>', out.c === 'rejected:bad_signature', out);
     check('onOutcome reports each call', out.seen.length === 3 && out.seen[0].mode === 'tag' && out.seen[0].event === 'login', out.seen);
@@ -199,7 +204,7 @@ try {
       const deniedHeaders = a.headers();
       const b = await window.idtag.createTagger({ endpoint: '/v1/tag', consent: 'pending' });
       const pending = await b.tag(tp);
-      const stored = localStorage.getItem('idtag:q');
+      const stored = localStorage.getItem('idtag:q2');
       b.setConsent('granted');
       await new Promise((r) => setTimeout(r, 300));
       document.cookie = 'mkto_opt_out=true; path=/';
@@ -207,7 +212,7 @@ try {
       return { denied, deniedHeaders, pending, stored, optedOut, consent: b.consent() };
     }, [td, tp]);
     check('consent denied: nothing stored or sent, no header', out.denied === 'consent_denied' && Object.keys(out.deniedHeaders).length === 0 && tagsFor(td).length === 0, out);
-    check('consent pending: held in memory, sent when granted', out.pending === 'queued' && out.stored === null && tagsFor(tp).length === 1, out);
+    check('consent pending: held in memory, sent when granted', out.pending === 'queued' && out.stored === null && tagsFor(tp).length === 1, { out, tags: tagsFor(tp).length });
     check('mkto_opt_out=true counts as denied', out.optedOut === 'consent_denied' && out.consent === 'denied', out);
     await page.context().close();
   }
