@@ -194,8 +194,9 @@ impl Worker {
 
     fn failure_outcome(&self, item: &OutboxItem, err: &MarketoError) -> Outcome {
         let now = self.clock.now_ms();
-        if let MarketoError::Auth(_) = err {
-            // Credentials refused: a configuration problem, not the item's fault.
+        if err.class() == ErrorClass::Setup {
+            // Credentials refused, the token endpoint failing, an unexpected
+            // HTTP 4xx: a configuration problem, not the item's fault.
             return Outcome::Defer { at_ms: now + 60_000 };
         }
         match err.class() {
