@@ -29,8 +29,8 @@ pub use metrics::{Gauges, Metrics};
 pub use pacer::{next_central_midnight_ms, Pacer, PacingConfig, Paused};
 pub use pipeline::{ConflictPolicy, WorkerConfig};
 pub use store::{
-    Enqueued, ItemState, MemoryStore, NewAssociation, OutboxItem, Outcome, SqliteStore,
-    StatusReport, Store, StoreError,
+    is_revivable, reason_matches, Enqueued, ItemState, MemoryStore, NewAssociation, OutboxItem,
+    Outcome, Requeued, SqliteStore, StatusReport, Store, StoreError, StoreLock,
 };
 
 use crate::clock::{Clock, SystemClock};
