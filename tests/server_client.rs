@@ -1,6 +1,6 @@
-//! The Marketo client against a scripted stub: replies the emulator does not
-//! give (a token reported at 0 s, a wrong base URL, record-level skips on
-//! associate, short or odd replies) and what each call carried.
+//! The Marketo client and the pipeline against a scripted stub: replies the
+//! emulator does not give (a token reported at 0 s, a wrong base URL, record-
+//! level skips on associate, short or odd replies) and what each call carried.
 
 #![cfg(feature = "server")]
 
@@ -9,7 +9,12 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, Uri};
 use idtag::clock::{Clock, ManualClock, SystemClock};
 use idtag::marketo::ErrorClass;
-use idtag::server::{MarketoClient, MarketoConfig, MarketoError, Metrics};
+use idtag::server::{
+    Config, Idtag, MarketoClient, MarketoConfig, MarketoError, MemoryStore, Metrics,
+    NewAssociation, Store, StoreConfig,
+};
+use idtag::tag_token::Event;
+use idtag::wire::Consent;
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,6 +25,7 @@ struct Seen {
     path: String,
     query: String,
     auth: Option<String>,
+    body: String,
 }
 
 type Reply = (u16, String);
@@ -63,7 +69,7 @@ async fn handle(
     _method: Method,
     uri: Uri,
     headers: HeaderMap,
-    _body: Bytes,
+    body: Bytes,
 ) -> (
     axum::http::StatusCode,
     [(&'static str, &'static str); 1],
@@ -76,6 +82,7 @@ async fn handle(
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned),
+        body: String::from_utf8_lossy(&body).into_owned(),
     };
     let n = {
         let mut g = seen.lock().unwrap();
@@ -294,4 +301,119 @@ async fn odd_replies_are_transient_not_permanent() {
     assert!(e.is_retryable());
     let e = lookup_of(&c).await.unwrap_err();
     assert_eq!(e.class(), ErrorClass::Transient, "{e:?}");
+}
+
+fn idtag_config(url: &str) -> Config {
+    let mut c = Config::new({
+        let mut m = MarketoConfig::new(url, "id", "secret");
+        m.backoff.base_ms = 10;
+        m.backoff.max_ms = 20;
+        m
+    });
+    c.store = StoreConfig::Memory;
+    c.worker.poll = Duration::from_millis(20);
+    c.worker.item_backoff.base_ms = 10;
+    c.worker.item_backoff.max_ms = 20;
+    c.worker.setup_retry = Duration::from_millis(50);
+    c
+}
+
+fn cookie(i: usize) -> String {
+    format!("_mkto_trk=id:123-ABC-456&token:_mch-example.com-17000000{i:05}-1")
+}
+
+async fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ok() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_wrong_base_url_defers_the_backlog_without_dead_letters() {
+    let stub = Stub::start(|_, _| (404, "not found".into())).await;
+    let store = Arc::new(MemoryStore::new());
+    let idtag = Idtag::builder(idtag_config(&stub.url))
+        .store(store.clone())
+        .build()
+        .await
+        .unwrap();
+    for i in 0..3 {
+        idtag
+            .associate(&format!("p{i}@example.com"), &cookie(i), Event::Login)
+            .await
+            .unwrap();
+    }
+    wait_for("several rounds", || stub.seen(TOKEN).len() >= 3).await;
+    let st = idtag.status().await.unwrap();
+    assert_eq!((st.pending(), st.counts.get("dead")), (3, None), "{st:?}");
+    let items = store.due(i64::MAX, 10).unwrap();
+    assert!(
+        items.iter().all(|i| i.attempts == 0 && i.email.is_some()),
+        "{items:?}"
+    );
+    let m = idtag.metrics_text().await;
+    assert!(
+        m.contains(r#"idtag_setup_problem{reason="identity_http_404"} 1"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"idtag_deferred_total{reason="identity_http_404"}"#),
+        "{m}"
+    );
+    idtag.shutdown().await;
+}
+
+#[tokio::test]
+async fn one_bad_email_in_a_lookup_batch_fails_only_its_own_item() {
+    // The lookup refuses any batch holding the bad address as a whole (1003).
+    let stub = Stub::start(|r, n| match r.path.as_str() {
+        TOKEN => token("t", 3599),
+        LEADS if r.query.contains("bad%40example.com") => (
+            200,
+            json!({"success": false, "errors": [{"code": "1003", "message": "bad value"}]})
+                .to_string(),
+        ),
+        LEADS if r.query.contains("filterType=email") => ok(json!([])),
+        // sync (POST, no query): every record created, in input order
+        LEADS => {
+            let records = r.body.matches("{\"email\"").count();
+            let base = 100 * (i64::try_from(n).unwrap() + 1);
+            ok((0..records)
+                .map(|i| json!({"id": base + i as i64, "status": "created"}))
+                .collect())
+        }
+        _ => (200, json!({"requestId": "r", "success": true}).to_string()),
+    })
+    .await;
+    // all four in the outbox before the worker starts: one round, one batch
+    let store = Arc::new(MemoryStore::new());
+    let batch: Vec<NewAssociation> = ["a", "b", "bad", "c"]
+        .iter()
+        .enumerate()
+        .map(|(i, who)| NewAssociation {
+            token: format!("_mch-example.com-17000000{i:05}-1"),
+            cookie_value: format!("id:123-ABC-456&token:_mch-example.com-17000000{i:05}-1"),
+            person_key: format!("key-{who}"),
+            email: format!("{who}@example.com"),
+            event: Event::Login,
+            consent: Consent::Granted,
+            captured_at_ms: SystemClock.now_ms(),
+        })
+        .collect();
+    store.enqueue(&batch).unwrap();
+    let idtag = Idtag::builder(idtag_config(&stub.url))
+        .store(store.clone())
+        .build()
+        .await
+        .unwrap();
+    assert!(idtag.flush(Duration::from_secs(10)).await);
+    let st = idtag.status().await.unwrap();
+    assert_eq!(st.dead_reasons.get("1003"), Some(&1), "{st:?}");
+    assert_eq!(st.counts.get("done"), Some(&3), "{st:?}");
+    idtag.shutdown().await;
 }

@@ -256,6 +256,11 @@ impl Builder {
             },
         };
         let metrics = Arc::new(Metrics::default());
+        // Conflicts are recorded in the outbox: the counter goes on from there.
+        let recorded = pipeline::blocking(&store, |s| s.status()).await?;
+        for (policy, n) in &recorded.conflicts {
+            metrics.conflicts(policy, *n);
+        }
         let client = Arc::new(MarketoClient::new(
             self.config.marketo.clone(),
             self.clock.clone(),
