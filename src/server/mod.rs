@@ -332,6 +332,25 @@ impl std::fmt::Debug for Idtag {
     }
 }
 
+/// What `GET /healthz` checks: the intake writer and the worker still run, and
+/// the store answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    /// The intake writer (group commits) is running.
+    pub writer: bool,
+    /// The association worker is running.
+    pub worker: bool,
+    /// The store answered a query (`Err`: why not).
+    pub store: Result<(), String>,
+}
+
+impl Health {
+    /// Everything is running and the store answers.
+    pub fn is_ok(&self) -> bool {
+        self.writer && self.worker && self.store.is_ok()
+    }
+}
+
 /// An association to enqueue, already validated.
 struct Validated {
     assoc: NewAssociation,
@@ -524,6 +543,33 @@ impl Idtag {
         }
         if let Some((worker, _writer)) = self.inner.tasks.lock().ok().and_then(|mut g| g.take()) {
             worker.abort();
+        }
+    }
+
+    /// Whether the intake writer and the worker run and the store answers
+    /// (within 2 s). After [`shutdown`](Self::shutdown) or [`abort`](Self::abort)
+    /// nothing runs.
+    pub async fn health(&self) -> Health {
+        let (worker, writer) = self
+            .inner
+            .tasks
+            .lock()
+            .ok()
+            .and_then(|g| {
+                g.as_ref()
+                    .map(|(worker, writer)| (!worker.is_finished(), !writer.is_finished()))
+            })
+            .unwrap_or((false, false));
+        let probe = pipeline::blocking(&self.inner.store, |s| s.next_due());
+        let store = match tokio::time::timeout(Duration::from_secs(2), probe).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no answer within 2 s".to_owned()),
+        };
+        Health {
+            writer,
+            worker,
+            store,
         }
     }
 
