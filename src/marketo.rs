@@ -20,6 +20,10 @@ pub enum ErrorClass {
     Transient,
     /// 607 daily quota, 1029 export/queue quota: stop until the daily reset.
     Quota,
+    /// Not the item's fault and not over by itself: refused credentials, a
+    /// failing token endpoint, an unexpected HTTP 4xx (wrong base URL, 400,
+    /// 403, 404, …). Defer all work without counting an attempt and alert.
+    Setup,
     /// 603, 605, 609, 610, 612, 1001–1004, 1006, 1012, …: permanent for this item.
     Permanent,
 }
@@ -43,14 +47,22 @@ impl ErrorClass {
         }
     }
 
-    /// Classifies a non-200 HTTP status (`None` for 2xx).
+    /// Classifies a non-200 HTTP status (`None` for 2xx). Marketo reports
+    /// item-level problems inside HTTP 200, so no status is permanent for an
+    /// item: any other 4xx (or 1xx/3xx) says the setup is wrong.
+    ///
+    /// ```
+    /// use idtag::marketo::ErrorClass;
+    /// assert_eq!(ErrorClass::of_http_status(404), Some(ErrorClass::Setup));
+    /// assert_eq!(ErrorClass::of_http_status(503), Some(ErrorClass::Transient));
+    /// ```
     pub fn of_http_status(status: u16) -> Option<ErrorClass> {
         match status {
             200..=299 => None,
             401 => Some(ErrorClass::Reauthenticate),
             429 => Some(ErrorClass::RateLimited),
             408 | 500..=599 => Some(ErrorClass::Transient),
-            _ => Some(ErrorClass::Permanent),
+            _ => Some(ErrorClass::Setup),
         }
     }
 
@@ -248,6 +260,18 @@ mod tests {
             assert_eq!(ErrorClass::of_code(c), ErrorClass::Permanent, "{c}");
             assert!(!ErrorClass::of_code(c).is_retryable());
         }
+        for s in [400, 403, 404, 405, 413, 414, 302] {
+            assert_eq!(
+                ErrorClass::of_http_status(s),
+                Some(ErrorClass::Setup),
+                "{s}"
+            );
+        }
+        assert_eq!(
+            ErrorClass::of_http_status(401),
+            Some(ErrorClass::Reauthenticate)
+        );
+        assert_eq!(ErrorClass::of_http_status(502), Some(ErrorClass::Transient));
         assert!(!ErrorClass::code_counts_against_limits("601"));
         assert!(ErrorClass::code_counts_against_limits("606"));
     }

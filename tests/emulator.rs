@@ -1256,3 +1256,39 @@ async fn update_by_id_can_change_the_email_a_lead_is_found_by() {
         a
     );
 }
+
+#[tokio::test]
+async fn associate_refusals_can_come_as_skipped_records() {
+    let env = Env::start(EmulatorConfig::default()).await;
+    let a = env.create("r@x.com").await;
+    env.admin("POST", "faults", Some(json!({"share_1012": 1.0})))
+        .await;
+    assert_eq!(
+        env.associate(a, COOKIE_ENC).await.code().as_deref(),
+        Some("1012")
+    );
+    let f = env
+        .admin(
+            "POST",
+            "faults",
+            Some(json!({"share_1012": 0.0, "associate_record_level": true})),
+        )
+        .await;
+    assert_eq!(f["associate_record_level"], true);
+    let r = env.associate(999_999, COOKIE_ENC).await.json();
+    assert_eq!(r["success"], true);
+    assert_eq!(r["result"][0]["status"], "skipped");
+    assert_eq!(r["result"][0]["reasons"][0]["code"], "1004");
+    assert_eq!(env.associate(a, COOKIE_ENC).await.json()["success"], true);
+    let calls = env.admin("GET", "calls", None).await;
+    assert_eq!(calls["by_record_code"]["1004"], 1);
+    let r = send(
+        env.addr(),
+        "POST",
+        "/__emulator/faults",
+        &[],
+        br#"{"share_1012":2}"#,
+    )
+    .await;
+    assert_eq!(r.status, 400);
+}

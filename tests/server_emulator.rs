@@ -266,23 +266,36 @@ async fn token_expired_602_refreshes_once_and_replays_with_the_new_token() {
 }
 
 #[tokio::test]
-async fn token_at_zero_seconds_is_not_cached() {
+async fn a_token_in_its_last_second_is_waited_out_and_replaced() {
+    // (`token_at_zero_seconds_is_not_cached` in server_client.rs checks, against
+    // a scripted stub, which token each REST call carried.)
     let clock = Arc::new(ManualClock::new(SystemClock.now_ms()));
-    let cfg = EmulatorConfig {
-        token_ttl: Duration::from_secs(2),
-        ..EmulatorConfig::default()
-    };
-    let emu = Emulator::start_with(cfg, "127.0.0.1:0".parse().unwrap(), clock.clone())
-        .await
-        .unwrap();
-    // margin 1 s, lifetime 2 s: cached for ~1 s, then asked again
+    let emu = Emulator::start_with(
+        EmulatorConfig::default(),
+        "127.0.0.1:0".parse().unwrap(),
+        clock.clone(),
+    )
+    .await
+    .unwrap();
     let (c, _) = client(&emu, clock.clone());
     c.lookup_by_email(&["a@example.com".into()]).await.unwrap();
-    clock.advance_ms(1_500);
+    // half a second before the token's end the emulator reports it at 0 s
+    clock.advance_ms(3_599_500);
+    let ticker = {
+        let clock = clock.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                clock.advance_ms(100);
+            }
+        })
+    };
     c.lookup_by_email(&["a@example.com".into()]).await.unwrap();
+    ticker.abort();
     let calls = admin(&emu, "calls").await;
-    assert_eq!(n(&calls, &["by_code", "602"]), 0);
-    assert!(n(&calls, &["by_endpoint", "identity"]) >= 2);
+    assert_eq!(n(&calls, &["by_code", "602"]), 0, "{calls}");
+    assert_eq!(n(&calls, &["by_endpoint", "identity"]), 3, "{calls}");
+    assert_eq!(n(&calls, &["by_endpoint", "get_leads"]), 2, "{calls}");
     emu.shutdown().await;
 }
 
@@ -495,6 +508,11 @@ async fn a_shared_browser_is_recorded_as_a_conflict() {
         if policy == ConflictPolicy::Skip {
             assert_eq!(st.counts.get("conflict"), Some(&1));
         }
+        assert_eq!(
+            st.conflicts.get(policy.as_str()),
+            Some(&1),
+            "{policy:?}: {st:?}"
+        );
         assert!(idtag
             .metrics_text()
             .await
@@ -505,23 +523,203 @@ async fn a_shared_browser_is_recorded_as_a_conflict() {
 }
 
 #[tokio::test]
+async fn reassociated_conflicts_are_kept_in_the_outbox_across_restarts() {
+    let emu = Emulator::start(EmulatorConfig::default()).await.unwrap();
+    let mut c = config(&emu);
+    c.worker.conflict_policy = ConflictPolicy::Reassociate;
+    let store = Arc::new(idtag::server::MemoryStore::new());
+    let first = Idtag::builder(c.clone())
+        .store(store.clone())
+        .build()
+        .await
+        .unwrap();
+    for who in ["first@example.com", "second@example.com"] {
+        first
+            .associate(who, &header(3), Event::Login)
+            .await
+            .unwrap();
+        assert!(first.flush(Duration::from_secs(10)).await);
+    }
+    first.shutdown().await;
+    let second = Idtag::builder(c).store(store).build().await.unwrap();
+    assert_eq!(
+        second.status().await.unwrap().conflicts.get("reassociate"),
+        Some(&1)
+    );
+    let m = second.metrics_text().await;
+    assert!(
+        m.contains(r#"idtag_conflicts_total{policy="reassociate"} 1"#),
+        "{m}"
+    );
+    second.shutdown().await;
+    emu.shutdown().await;
+}
+
+#[tokio::test]
 async fn permanent_failures_are_dead_lettered_with_the_reason() {
+    // The emulator refuses every associate as an invalid cookie value (1012):
+    // at the envelope level, then as a skipped record inside `success:true`.
+    for record_level in [false, true] {
+        let emu = Emulator::start(EmulatorConfig::default()).await.unwrap();
+        admin_post(
+            &emu,
+            "faults",
+            serde_json::json!({"share_1012": 1.0, "associate_record_level": record_level}),
+        )
+        .await;
+        let idtag = Idtag::builder(config(&emu)).build().await.unwrap();
+        idtag
+            .associate("d@example.com", &header(9), Event::Login)
+            .await
+            .unwrap();
+        assert!(idtag.flush(Duration::from_secs(10)).await);
+        let st = idtag.status().await.unwrap();
+        let total: u64 = st.counts.values().sum();
+        assert_eq!(total, 1);
+        assert_eq!(st.pending(), 0);
+        assert_eq!(
+            st.counts.get("dead"),
+            Some(&1),
+            "record level {record_level}: {st:?}"
+        );
+        assert_eq!(st.dead_reasons.get("1012"), Some(&1), "{st:?}");
+        assert!(idtag
+            .metrics_text()
+            .await
+            .contains(r#"idtag_dead_total{reason="1012"} 1"#));
+        let calls = admin(&emu, "calls").await;
+        assert_eq!(
+            n(&calls, &["by_endpoint", "associate"]),
+            1,
+            "not retried: {calls}"
+        );
+        // a permanent reason is final: the same pair is a duplicate, not revived
+        assert_eq!(
+            idtag
+                .associate("d@example.com", &header(9), Event::Login)
+                .await
+                .unwrap(),
+            TagStatus::Duplicate
+        );
+        idtag.shutdown().await;
+        emu.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn outages_dead_letter_by_age_not_attempts_and_a_new_login_revives() {
+    let emu = Emulator::start(EmulatorConfig::default()).await.unwrap();
+    admin_post(&emu, "faults", serde_json::json!({"share_502": 1.0})).await;
+    let clock = Arc::new(ManualClock::new(SystemClock.now_ms()));
+    let mut c = config(&emu);
+    c.marketo.backoff.max_attempts = 1;
+    c.worker.max_attempts = 3;
+    let store = Arc::new(idtag::server::MemoryStore::new());
+    let idtag = Idtag::builder(c)
+        .clock(clock.clone())
+        .store(store.clone())
+        .build()
+        .await
+        .unwrap();
+    idtag
+        .associate("o@example.com", &header(5), Event::Login)
+        .await
+        .unwrap();
+    // every call fails 502: far past max_attempts, the item is still pending
+    let attempts = || {
+        store
+            .due(i64::MAX, 10)
+            .unwrap()
+            .first()
+            .map_or(0, |i| i.attempts)
+    };
+    let start = std::time::Instant::now();
+    while attempts() < 6 {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "{:?}",
+            idtag.status().await
+        );
+        clock.advance_ms(1_000);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(idtag.status().await.unwrap().counts.get("dead"), None);
+    // a week later it is dead-lettered, its email kept (no lead id yet) ...
+    clock.advance_ms(8 * 24 * 3_600_000);
+    let start = std::time::Instant::now();
+    loop {
+        let st = idtag.status().await.unwrap();
+        if st.counts.get("dead") == Some(&1) {
+            assert_eq!(
+                st.dead_reasons.get("retries_exhausted:http_502"),
+                Some(&1),
+                "{st:?}"
+            );
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{st:?}");
+        clock.advance_ms(1_000);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // ... and the next login with that browser revives it
+    admin_post(&emu, "faults", serde_json::json!({"share_502": 0.0})).await;
+    assert_eq!(
+        idtag
+            .associate("o@example.com", &header(5), Event::Login)
+            .await
+            .unwrap(),
+        TagStatus::Queued
+    );
+    let start = std::time::Instant::now();
+    while idtag.status().await.unwrap().counts.get("done") != Some(&1) {
+        assert!(start.elapsed() < Duration::from_secs(10));
+        clock.advance_ms(1_000);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    idtag.shutdown().await;
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_lead_gone_at_marketo_is_forgotten_and_resolved_again() {
     let emu = Emulator::start(EmulatorConfig::default()).await.unwrap();
     let idtag = Idtag::builder(config(&emu)).build().await.unwrap();
-    // the emulator refuses this cookie value (1012) although idtag's parser accepts it
     idtag
-        .associate(
-            "d@example.com",
-            "_mkto_trk=id:123-ABC-456&token:_mch-localhost-1700000000000-1",
-            Event::Login,
-        )
+        .associate("m@example.com", &header(1), Event::Login)
+        .await
+        .unwrap();
+    assert!(idtag.flush(Duration::from_secs(10)).await);
+    // the lead disappears (merged away, deleted): here, the whole instance is reset
+    admin_post(&emu, "reset", Value::Null).await;
+    // a new browser: queued with the cached lead id, no email; Marketo says 1004
+    idtag
+        .associate("m@example.com", &header(2), Event::Login)
         .await
         .unwrap();
     assert!(idtag.flush(Duration::from_secs(10)).await);
     let st = idtag.status().await.unwrap();
-    let total: u64 = st.counts.values().sum();
-    assert_eq!(total, 1);
-    assert_eq!(st.pending(), 0);
+    assert_eq!(st.dead_reasons.get("1004"), Some(&1), "{st:?}");
+    // the next login resolves the person again instead of dying on the stale id
+    idtag
+        .associate("m@example.com", &header(3), Event::Login)
+        .await
+        .unwrap();
+    // and the browser whose item died is revived by its next login
+    assert_eq!(
+        idtag
+            .associate("m@example.com", &header(2), Event::Login)
+            .await
+            .unwrap(),
+        TagStatus::Queued
+    );
+    assert!(idtag.flush(Duration::from_secs(10)).await);
+    let st = idtag.status().await.unwrap();
+    assert_eq!(st.counts.get("done"), Some(&3), "{st:?}");
+    assert_eq!(st.counts.get("dead"), None, "{st:?}");
+    let leads = admin(&emu, "leads").await;
+    let lead = &leads["leads"][0];
+    assert_eq!(lead["email"], "m@example.com");
+    assert_eq!(lead["cookies"].as_array().unwrap().len(), 2, "{leads}");
     idtag.shutdown().await;
     emu.shutdown().await;
 }
@@ -589,30 +787,32 @@ async fn a_crash_mid_drain_then_restart_delivers_each_association_exactly_once()
             .await
             .unwrap();
     }
-    // wait for the drain to be under way, then kill the worker mid-round
-    for _ in 0..200 {
-        if first
+    // wait for the drain to be under way (every person resolved) with calls
+    // in flight, then kill the worker mid-round
+    let probe = SqliteStore::open(&path).unwrap();
+    for _ in 0..400 {
+        let done = first
             .status()
             .await
             .unwrap()
             .counts
             .get("done")
             .copied()
-            .unwrap_or(0)
-            >= 8
-        {
+            .unwrap_or(0);
+        let left = probe.due(i64::MAX, 100).unwrap();
+        let resolved = left.iter().all(|i| i.lead_id.is_some());
+        if done >= 8 && resolved && left.iter().any(|i| i.in_flight) {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     first.abort();
     drop(first);
-    let pending = SqliteStore::open(&path)
-        .unwrap()
-        .status()
-        .unwrap()
-        .pending();
-    assert!(pending > 0, "killed mid-drain");
+    let left = probe.due(i64::MAX, 100).unwrap();
+    assert!(!left.is_empty(), "killed mid-drain");
+    let interrupted = left.iter().filter(|i| i.in_flight).count();
+    assert!(interrupted > 0, "killed with associate calls in flight");
+    drop(probe);
     admin_post(&emu, "faults", serde_json::json!({"latency_ms": 0})).await;
     let second = Idtag::builder(c).build().await.unwrap();
     assert!(second.flush(Duration::from_secs(20)).await);
@@ -633,6 +833,13 @@ async fn a_crash_mid_drain_then_restart_delivers_each_association_exactly_once()
         n(&calls, &["by_endpoint", "associate"]),
         pairs as u64,
         "{calls}"
+    );
+    // the recovery path ran: every person was resolved before the crash, so
+    // each lookup after it is the check of one interrupted item by its cookie
+    assert!(left.iter().all(|i| i.lead_id.is_some()));
+    assert_eq!(
+        second.metrics().marketo_calls(Some("leads_lookup"), None),
+        interrupted as u64
     );
     second.shutdown().await;
     emu.shutdown().await;

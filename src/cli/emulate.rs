@@ -131,6 +131,7 @@ pub fn run(args: EmulateArgs) -> ExitCode {
             share_611: args.fail_611,
             latency: Duration::from_millis(args.latency_ms),
             quota_exhausted: args.quota_exhausted,
+            ..FaultConfig::default()
         },
     };
     if let Err(e) = config.validate() {

@@ -34,6 +34,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Print outbox counts, the oldest pending item's age and dead-letter reasons.
     Status(serve::StatusArgs),
+    /// Move dead-lettered items back to pending (all, or those with --reason).
+    Requeue(serve::RequeueArgs),
 }
 
 /// Runs the parsed command line and returns the process exit code.
@@ -45,6 +47,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Emulate(a) => emulate::run(a),
         Command::Serve(a) => serve::run(a),
         Command::Status(a) => serve::status(a),
+        Command::Requeue(a) => serve::requeue(a),
     }
 }
 

@@ -1,8 +1,9 @@
-//! `idtag serve` and `idtag status`: the sidecar and its outbox report.
+//! `idtag serve`, `idtag status` and `idtag requeue`: the sidecar, its outbox
+//! report and the way back out of the dead-letter state.
 
 use idtag::clock::{Clock, SystemClock};
 use idtag::server::{
-    Config, ConflictPolicy, Idtag, MarketoConfig, SqliteStore, Store, StoreConfig,
+    Config, ConflictPolicy, Idtag, MarketoConfig, SqliteStore, Store, StoreConfig, StoreLock,
 };
 use idtag::tag_token::Keyring;
 use std::net::SocketAddr;
@@ -44,8 +45,8 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 50)]
     rate_limit: usize,
     /// The rate window, seconds.
-    #[arg(long, default_value_t = 20.0)]
-    rate_window_secs: f64,
+    #[arg(long, default_value = "20", value_parser = parse_window)]
+    rate_window_secs: Duration,
     /// Marketo calls in flight at most.
     #[arg(long, default_value_t = 5)]
     concurrency: usize,
@@ -64,6 +65,30 @@ pub struct StatusArgs {
     /// SQLite outbox file.
     #[arg(long, env = "IDTAG_STORE", default_value = "idtag-outbox.db")]
     store: PathBuf,
+}
+
+/// Options of `idtag requeue`.
+#[derive(Debug, clap::Args)]
+pub struct RequeueArgs {
+    /// SQLite outbox file.
+    #[arg(long, env = "IDTAG_STORE", default_value = "idtag-outbox.db")]
+    store: PathBuf,
+    /// Only dead items with this reason (`retries_exhausted` also selects
+    /// `retries_exhausted:http_502`, …); all dead items when unset.
+    #[arg(long)]
+    reason: Option<String>,
+}
+
+/// A rate window in seconds: a positive number up to a day.
+fn parse_window(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(0.001..=86_400.0).contains(&secs) {
+        return Err(format!("{s} s is not between 0.001 and 86400"));
+    }
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("{s}: {e}"))
 }
 
 fn init_logging() {
@@ -99,6 +124,16 @@ pub fn run(args: ServeArgs) -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
+    // One worker per outbox: a second `idtag serve` on this store stops here.
+    let _lock = match args.store.as_str() {
+        "memory" => None,
+        path => Some(StoreLock::acquire(path).map_err(|e| e.to_string())?),
+    };
+    // Listen before the worker starts: a taken port must not leave a worker
+    // draining the outbox with no endpoint.
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("listen on {}: {e}", args.listen))?;
     let keys = match &args.token_keys {
         Some(k) => Keyring::parse(k).map_err(|e| format!("IDTAG_TOKEN_KEYS: {e}"))?,
         None => {
@@ -135,7 +170,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     };
     marketo.munchkin_id = args.munchkin_id.clone();
     marketo.pacing.rate_limit = args.rate_limit.max(1);
-    marketo.pacing.rate_window = Duration::from_secs_f64(args.rate_window_secs.max(0.001));
+    marketo.pacing.rate_window = args.rate_window_secs;
     marketo.pacing.concurrency = args.concurrency.max(1);
     marketo.pacing.daily_budget = args.daily_budget;
     marketo.pacing.quota_probe_interval =
@@ -154,9 +189,6 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .build()
         .await
         .map_err(|e| e.to_string())?;
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .map_err(|e| format!("listen on {}: {e}", args.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(%addr, store = %args.store, "idtag serve: POST /v1/tag, GET /healthz, GET /metrics");
     let served = axum::serve(listener, idtag.router())
@@ -200,18 +232,23 @@ fn age(ms: i64) -> String {
     }
 }
 
+/// Opens an existing outbox for `command`, or the exit code to end with.
+fn open_outbox(command: &str, path: &std::path::Path) -> Result<SqliteStore, ExitCode> {
+    if !path.exists() {
+        eprintln!("idtag {command}: no outbox at {}", path.display());
+        return Err(ExitCode::from(2));
+    }
+    SqliteStore::open_existing(path).map_err(|e| {
+        eprintln!("idtag {command}: {}: {e}", path.display());
+        ExitCode::from(1)
+    })
+}
+
 /// Prints the outbox report.
 pub fn status(args: StatusArgs) -> ExitCode {
-    if !args.store.exists() {
-        eprintln!("idtag status: no outbox at {}", args.store.display());
-        return ExitCode::from(2);
-    }
-    let store = match SqliteStore::open_existing(&args.store) {
+    let store = match open_outbox("status", &args.store) {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("idtag status: {}: {e}", args.store.display());
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     let report = match store.status() {
         Ok(r) => r,
@@ -241,6 +278,42 @@ pub fn status(args: StatusArgs) -> ExitCode {
         for (reason, n) in &report.dead_reasons {
             println!("  {reason:<24} {n}");
         }
+    }
+    if report.conflicts.is_empty() {
+        println!("shared-browser conflicts: none");
+    } else {
+        println!("shared-browser conflicts (by policy applied):");
+        for (policy, n) in &report.conflicts {
+            println!("  {policy:<24} {n}");
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// Moves dead items back to pending (a running `idtag serve` picks them up).
+pub fn requeue(args: RequeueArgs) -> ExitCode {
+    let store = match open_outbox("requeue", &args.store) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let r = match store.requeue(args.reason.as_deref(), SystemClock.now_ms()) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("idtag requeue: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let which = args
+        .reason
+        .as_deref()
+        .map(|r| format!(" with reason {r}"))
+        .unwrap_or_default();
+    println!("requeued {} dead item(s){which}", r.requeued);
+    if r.undeliverable > 0 {
+        println!(
+            "left dead: {} item(s) with neither a lead id nor an email to deliver them with (they revive at the person's next login from that browser)",
+            r.undeliverable
+        );
     }
     ExitCode::SUCCESS
 }

@@ -109,6 +109,8 @@ fn faults_json(sh: &Shared) -> Value {
         "share_611": f.share_611,
         "latency_ms": f.latency.as_millis() as u64,
         "quota_exhausted": store.forced_quota_day.is_some(),
+        "share_1012": f.share_1012,
+        "associate_record_level": f.associate_record_level,
     })
 }
 
@@ -125,6 +127,11 @@ fn set_faults(sh: &Shared, body: &[u8]) -> Response {
             "share_604" => share(v).map(|s| faults.share_604 = s),
             "share_608" => share(v).map(|s| faults.share_608 = s),
             "share_611" => share(v).map(|s| faults.share_611 = s),
+            "share_1012" => share(v).map(|s| faults.share_1012 = s),
+            "associate_record_level" => v
+                .as_bool()
+                .map(|b| faults.associate_record_level = b)
+                .ok_or(()),
             "latency_ms" => v
                 .as_u64()
                 .map(|ms| faults.latency = Duration::from_millis(ms))

@@ -609,21 +609,35 @@ impl Call<'_> {
         self.success(Some(result), record_codes)
     }
 
+    /// An associate refusal, at the envelope level or (fault
+    /// `associate_record_level`) as a skipped record inside a success.
+    fn refuse_associate(&self, code: &str, message: &str) -> Answer {
+        if !self.sh.lock().faults.associate_record_level {
+            return self.error(code, message);
+        }
+        let record = json!({"status": "skipped", "reasons": [{"code": code, "message": message}]});
+        self.success(Some(vec![record]), vec![code.to_string()])
+    }
+
     fn associate(&self, id: &str, headers: &HeaderMap, query: &Params) -> Answer {
         if !is_json(headers) {
             return self.error("612", "Invalid Content Type");
         }
         let Ok(lead_id) = id.parse::<u64>() else {
-            return self.error("1004", "Lead not found");
+            return self.refuse_associate("1004", "Lead not found");
         };
         let raw = query.get("cookie").unwrap_or("");
-        let Some(value) = parse_value(raw) else {
+        let share_1012 = self.sh.lock().faults.share_1012;
+        let refused = share_1012 > 0.0 && rand::thread_rng().gen::<f64>() < share_1012;
+        let value = parse_value(raw).filter(|_| !refused);
+        let Some(value) = value else {
             let shown: String = raw.chars().take(200).collect();
-            return self.error("1012", &format!("Invalid cookie value '{shown}'"));
+            return self.refuse_associate("1012", &format!("Invalid cookie value '{shown}'"));
         };
         let mut store = self.sh.lock();
         if !store.leads.contains_key(&lead_id) {
-            return self.error("1004", "Lead not found");
+            drop(store);
+            return self.refuse_associate("1004", "Lead not found");
         }
         store.associate(lead_id, &value.munchkin_id, &value.token, false);
         drop(store);

@@ -59,11 +59,15 @@
 //! - `GET /__emulator/log?limit=N` → `{"calls":[{"seq","at_ms","request_id","method","endpoint",
 //!   "path","http_status","code","record_codes","counted"}]}` (last N, default 100, at most 2000 kept).
 //! - `GET /__emulator/faults` and `POST|PUT /__emulator/faults` with any subset of
-//!   `{"share_502":0.1,"share_604":0,"share_608":0,"share_611":0,"latency_ms":0,"quota_exhausted":false}`
+//!   `{"share_502":0.1,"share_604":0,"share_608":0,"share_611":0,"latency_ms":0,"quota_exhausted":false,
+//!   "share_1012":0,"associate_record_level":false}`
 //!   → the full current fault set in that shape. Shares are fractions of REST
 //!   calls (sum ≤ 1); `latency_ms` is real time added to every REST call while it
 //!   holds a concurrency slot; `quota_exhausted:true` forces 607 until set false,
-//!   a reset, or the next 00:00 US Central.
+//!   a reset, or the next 00:00 US Central; `share_1012` is the fraction of
+//!   admitted associate calls refused with 1012; `associate_record_level:true`
+//!   answers associate refusals (1012, 1004) as `{"success":true,"result":[{"status":"skipped",
+//!   "reasons":[{"code","message"}]}]}` instead of at the envelope level.
 //! - `POST /__emulator/revoke-token` → `{"revoked":"<token>"|null}`: the current
 //!   access token answers 601 from then on; the next identity call issues a new one.
 //! - `POST /__emulator/reset` → `{"reset":true}`: clears leads, visitor tokens,
@@ -111,6 +115,14 @@ pub struct FaultConfig {
     pub latency: Duration,
     /// Start with a forced quota day: 607 until cleared, reset or the next 00:00 US Central.
     pub quota_exhausted: bool,
+    /// Share of admitted associate calls refused as an invalid cookie value
+    /// (`1012`), as Marketo does for values it does not take (0.0–1.0).
+    pub share_1012: f64,
+    /// Associate refusals (`1012`, `1004` unknown lead) come back as a skipped
+    /// record inside a `success:true` reply instead of at the envelope level
+    /// (MARKETO.md: how record-level problems come back; which form associate
+    /// uses is unconfirmed).
+    pub associate_record_level: bool,
 }
 
 impl FaultConfig {
@@ -122,6 +134,9 @@ impl FaultConfig {
         }
         if shares.iter().sum::<f64>() > 1.0 + 1e-9 {
             return Err("fault shares must sum to at most 1".into());
+        }
+        if !self.share_1012.is_finite() || !(0.0..=1.0).contains(&self.share_1012) {
+            return Err("share_1012 must be between 0 and 1".into());
         }
         if self.latency > MAX_LATENCY {
             return Err("added latency must be at most 600 s".into());

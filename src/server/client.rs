@@ -88,6 +88,10 @@ pub enum MarketoError {
     /// The identity endpoint refused the credentials.
     #[error("authentication failed (HTTP {0})")]
     Auth(u16),
+    /// The identity (token) endpoint failed otherwise: unreachable, a non-200
+    /// status (e.g. 404 for a wrong base URL), or no usable token in its reply.
+    #[error("identity endpoint: {0}")]
+    Identity(Box<MarketoError>),
     /// Marketo answered with an error code.
     #[error("marketo error {code}: {message}")]
     Api {
@@ -117,7 +121,7 @@ impl MarketoError {
     /// The error class per MARKETO.md.
     pub fn class(&self) -> ErrorClass {
         match self {
-            MarketoError::Auth(_) => ErrorClass::Permanent,
+            MarketoError::Auth(_) | MarketoError::Identity(_) => ErrorClass::Setup,
             MarketoError::Api { code, .. } => ErrorClass::of_code(code),
             MarketoError::Http(s) => ErrorClass::of_http_status(*s).unwrap_or(ErrorClass::Transient),
             MarketoError::Transport(_) => ErrorClass::Transient,
@@ -126,9 +130,11 @@ impl MarketoError {
         }
     }
 
-    /// Whether trying again later may succeed (transient, rate, concurrency, quota).
+    /// Whether trying again later may succeed (transient, rate, concurrency,
+    /// quota, setup problems once fixed).
     pub fn is_retryable(&self) -> bool {
-        self.class().is_retryable() || self.class() == ErrorClass::Quota
+        let c = self.class();
+        c.is_retryable() || c == ErrorClass::Quota || c == ErrorClass::Setup
     }
 
     /// For quota errors: when calls may start again (Unix ms).
@@ -139,11 +145,14 @@ impl MarketoError {
         }
     }
 
-    /// A short stable reason (`"1012"`, `"http_502"`, `"transport"`, …) for dead letters and metrics.
+    /// A short stable reason (`"1012"`, `"http_502"`, `"transport"`,
+    /// `"identity_http_404"`, …) for dead letters and metrics. Only
+    /// `[A-Za-z0-9_]`: a code Marketo sends in another shape becomes `"other"`.
     pub fn reason(&self) -> String {
         match self {
             MarketoError::Auth(s) => format!("auth_{s}"),
-            MarketoError::Api { code, .. } => code.clone(),
+            MarketoError::Identity(e) => format!("identity_{}", e.reason()),
+            MarketoError::Api { code, .. } => safe_code(code).to_owned(),
             MarketoError::Http(s) => format!("http_{s}"),
             MarketoError::Transport(_) => "transport".to_owned(),
             MarketoError::Decode(_) => "decode".to_owned(),
@@ -169,6 +178,18 @@ pub enum RecordOutcome {
         /// The reason message.
         message: String,
     },
+}
+
+/// `code` when it is 1–32 characters of `[A-Za-z0-9_]` (fit for a metric
+/// label and a dead-letter reason), else `"other"`.
+fn safe_code(code: &str) -> &str {
+    let ok = (1..=32).contains(&code.len())
+        && code.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if ok {
+        code
+    } else {
+        "other"
+    }
 }
 
 /// One lead found by a lookup.
@@ -212,6 +233,11 @@ struct TokenReply {
     expires_in: i64,
 }
 
+/// A token needs more than this left to be used at all (a 0-second token is expired).
+const TOKEN_GUARD_MS: i64 = 2_000;
+/// The longest `expires_in` believed: a new token lives 3600 s.
+const MAX_TOKEN_SECS: i64 = 3_600;
+
 #[derive(Debug, Clone)]
 struct CachedToken {
     token: String,
@@ -220,17 +246,60 @@ struct CachedToken {
 
 /// Parses a response body into the envelope's result, or the first error
 /// (`success:false`); record-level outcomes are read with [`record_outcomes`].
+/// `success:false` without an error code is an undocumented shape: a
+/// (transient) decode error, never a permanent one.
 pub fn parse_envelope(body: &[u8]) -> Result<Vec<Value>, MarketoError> {
     let env: Envelope =
         serde_json::from_slice(body).map_err(|e| MarketoError::Decode(e.to_string()))?;
     if !env.success {
         let first = env.errors.first();
+        let code = first.map(|e| code_string(&e.code)).unwrap_or_default();
+        if code.trim().is_empty() {
+            return Err(MarketoError::Decode(
+                "success:false without an error code".to_owned(),
+            ));
+        }
         return Err(MarketoError::Api {
-            code: first.map(|e| code_string(&e.code)).unwrap_or_default(),
+            code,
             message: first.map(|e| e.message.clone()).unwrap_or_default(),
         });
     }
     Ok(env.result)
+}
+
+/// The first reason of a `skipped`/`failed` record: `(code, message)`, the code
+/// `None` when the record gives none.
+fn record_failure(r: &Value) -> Option<(Option<String>, String)> {
+    let status = r.get("status").and_then(Value::as_str).unwrap_or("");
+    if !matches!(status, "skipped" | "failed") {
+        return None;
+    }
+    let reason = r
+        .get("reasons")
+        .and_then(Value::as_array)
+        .and_then(|a| a.first());
+    let code = reason
+        .and_then(|x| x.get("code"))
+        .map(code_string)
+        .filter(|c| !c.trim().is_empty());
+    let message = reason
+        .and_then(|x| x.get("message"))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    Some((code, message))
+}
+
+/// The outcome of an associate reply: `success:true` can still carry a
+/// skipped record (`1004` lead not found, …), which is that record's error.
+fn associate_outcome(result: &[Value]) -> Result<(), MarketoError> {
+    match result.iter().find_map(record_failure) {
+        None => Ok(()),
+        Some((Some(code), message)) => Err(MarketoError::Api { code, message }),
+        Some((None, _)) => Err(MarketoError::Decode(
+            "associate record skipped without a reason".to_owned(),
+        )),
+    }
 }
 
 /// Maps batch results to outcomes, in input order (a `skipped` record is a failure).
@@ -239,29 +308,18 @@ pub fn record_outcomes(result: &[Value]) -> Vec<RecordOutcome> {
         .iter()
         .map(|r| {
             let status = r.get("status").and_then(Value::as_str).unwrap_or("");
-            let id = r.get("id").and_then(Value::as_i64);
-            match (status, id) {
-                ("skipped" | "failed", _) | (_, None) => {
-                    let reason = r
-                        .get("reasons")
-                        .and_then(Value::as_array)
-                        .and_then(|a| a.first());
+            match (record_failure(r), r.get("id").and_then(Value::as_i64)) {
+                (None, Some(id)) => RecordOutcome::Ok {
+                    id,
+                    status: status.to_owned(),
+                },
+                (failure, _) => {
+                    let (code, message) = failure.unwrap_or((None, String::new()));
                     RecordOutcome::Failed {
-                        code: reason
-                            .and_then(|x| x.get("code"))
-                            .map(code_string)
-                            .unwrap_or_else(|| "unknown".to_owned()),
-                        message: reason
-                            .and_then(|x| x.get("message"))
-                            .and_then(Value::as_str)
-                            .unwrap_or("")
-                            .to_owned(),
+                        code: code.unwrap_or_else(|| "unknown".to_owned()),
+                        message,
                     }
                 }
-                (s, Some(id)) => RecordOutcome::Ok {
-                    id,
-                    status: s.to_owned(),
-                },
             }
         })
         .collect()
@@ -325,35 +383,43 @@ impl MarketoClient {
 
     /// A valid access token: the cached one while it has more than the safety
     /// margin left, otherwise a new one (one refresh at a time).
+    ///
+    /// Marketo cannot refresh early: in a token's last minute it hands out the
+    /// same token with a small `expires_in`. Such a token is used and cached
+    /// until [`TOKEN_GUARD_MS`] before its end; one with that little or nothing
+    /// left (a 0-second token is expired) is waited out once, then replaced.
     async fn access_token(&self) -> Result<String, MarketoError> {
         let mut cached = self.token.lock().await;
-        let margin = i64::try_from(self.cfg.token_margin.as_millis()).unwrap_or(60_000);
-        for round in 0..4 {
-            if let Some(t) = cached.as_ref() {
-                if self.clock.now_ms() < t.valid_until_ms {
-                    return Ok(t.token.clone());
-                }
+        if let Some(t) = cached.as_ref() {
+            if self.clock.now_ms() < t.valid_until_ms {
+                return Ok(t.token.clone());
             }
-            let reply = self.fetch_token().await?;
-            let left_ms = reply.expires_in.saturating_mul(1000);
-            if left_ms > margin {
-                let t = CachedToken {
-                    token: reply.access_token.clone(),
-                    valid_until_ms: self.clock.now_ms() + left_ms - margin,
-                };
-                *cached = Some(t);
-                return Ok(reply.access_token);
-            }
-            *cached = None;
-            if round == 3 {
-                // Still about to expire: use it once rather than spin.
-                return Ok(reply.access_token);
-            }
-            // About to expire (possibly 0 s): wait it out, then ask again.
-            let wait = u64::try_from(left_ms.max(0)).unwrap_or(0) + 250;
-            tokio::time::sleep(Duration::from_millis(wait.min(5_000))).await;
         }
-        Err(MarketoError::Decode("no usable access token".to_owned()))
+        *cached = None;
+        let margin = i64::try_from(self.cfg.token_margin.as_millis())
+            .unwrap_or(60_000)
+            .max(TOKEN_GUARD_MS);
+        for waited in [false, true] {
+            let reply = self.fetch_token().await?;
+            let left_ms = reply.expires_in.clamp(0, MAX_TOKEN_SECS) * 1_000;
+            let keep = if left_ms > margin { margin } else { TOKEN_GUARD_MS };
+            if left_ms > keep {
+                *cached = Some(CachedToken {
+                    token: reply.access_token.clone(),
+                    valid_until_ms: self.clock.now_ms().saturating_add(left_ms - keep),
+                });
+                return Ok(reply.access_token);
+            }
+            if waited {
+                break;
+            }
+            // `expires_in` is whole seconds, rounded down: wait out the rest.
+            let wait = u64::try_from(left_ms).unwrap_or(0) + 1_250;
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+        }
+        Err(MarketoError::Identity(Box::new(MarketoError::Decode(
+            "the identity endpoint keeps handing out an expiring token".to_owned(),
+        ))))
     }
 
     async fn fetch_token(&self) -> Result<TokenReply, MarketoError> {
@@ -363,29 +429,31 @@ impl MarketoClient {
             utf8_percent_encode(&self.cfg.client_id, QUERY_VALUE),
             utf8_percent_encode(&self.cfg.client_secret, QUERY_VALUE),
         );
-        let resp = self
-            .http
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| MarketoError::Transport(e.without_url().to_string()))?;
+        let identity = |e: MarketoError| MarketoError::Identity(Box::new(e));
+        let resp = match self.http.get(url).send().await {
+            Ok(r) => r,
+            Err(e) => {
+                self.metrics.marketo_call("identity", "transport");
+                return Err(identity(MarketoError::Transport(e.without_url().to_string())));
+            }
+        };
         let status = resp.status().as_u16();
         self.metrics.marketo_call("identity", &status_label(status));
         if status == 401 || status == 403 {
             return Err(MarketoError::Auth(status));
         }
         if status != 200 {
-            return Err(MarketoError::Http(status));
+            return Err(identity(MarketoError::Http(status)));
         }
         let body = resp
             .bytes()
             .await
-            .map_err(|e| MarketoError::Transport(e.without_url().to_string()))?;
+            .map_err(|e| identity(MarketoError::Transport(e.without_url().to_string())))?;
         serde_json::from_slice::<TokenReply>(&body).map_err(|_| {
-            match parse_envelope(&body) {
+            identity(match parse_envelope(&body) {
                 Err(e @ MarketoError::Api { .. }) => e,
                 _ => MarketoError::Decode("identity reply without access_token".to_owned()),
-            }
+            })
         })
     }
 
@@ -503,7 +571,6 @@ impl MarketoClient {
         let parsed = parse_envelope(&body);
         match &parsed {
             Ok(_) => self.metrics.marketo_call(endpoint, "ok"),
-            Err(MarketoError::Api { code, .. }) => self.metrics.marketo_call(endpoint, code),
             Err(e) => self.metrics.marketo_call(endpoint, &e.reason()),
         }
         parsed
@@ -564,7 +631,8 @@ impl MarketoClient {
             .collect())
     }
 
-    /// createOrUpdate by email (≤ 300 per call); outcomes in input order.
+    /// createOrUpdate by email (≤ 300 per call); outcomes in input order. A
+    /// reply with another number of results than records is a decode error.
     pub async fn sync_by_email(&self, emails: &[String]) -> Result<Vec<RecordOutcome>, MarketoError> {
         let mut out = Vec::with_capacity(emails.len());
         for chunk in emails.chunks(MAX_BATCH) {
@@ -580,29 +648,31 @@ impl MarketoClient {
             let result = self
                 .call("leads_sync", "/rest/v1/leads.json", &Method::PostJson(body))
                 .await?;
-            let mut outcomes = record_outcomes(&result);
-            outcomes.resize(
-                chunk.len(),
-                RecordOutcome::Failed {
-                    code: "missing".to_owned(),
-                    message: "no result for this record".to_owned(),
-                },
-            );
-            out.extend(outcomes);
+            if result.len() != chunk.len() {
+                return Err(MarketoError::Decode(format!(
+                    "sync reply has {} results for {} records",
+                    result.len(),
+                    chunk.len()
+                )));
+            }
+            out.extend(record_outcomes(&result));
         }
         Ok(out)
     }
 
     /// Associates the lead with a `_mkto_trk` value (sent percent-encoded once).
+    /// A record skipped inside a `success:true` reply is that record's error
+    /// (`1004`: the lead is gone, e.g. merged).
     pub async fn associate(&self, lead_id: i64, cookie_value: &str) -> Result<(), MarketoError> {
         let path = associate_path(lead_id, cookie_value);
-        self.call(
-            "associate",
-            &path,
-            &Method::PostJson(Value::Object(Default::default())),
-        )
-        .await
-        .map(|_| ())
+        let result = self
+            .call(
+                "associate",
+                &path,
+                &Method::PostJson(Value::Object(Default::default())),
+            )
+            .await?;
+        associate_outcome(&result)
     }
 }
 
@@ -648,6 +718,44 @@ mod tests {
                 message: "Lead not found".into()
             }]
         );
+    }
+
+    #[test]
+    fn a_skipped_associate_record_is_its_error() {
+        let skipped = parse_envelope(br#"{"success":true,"result":[{"status":"skipped","reasons":[{"code":"1004","message":"Lead not found"}]}]}"#).unwrap();
+        let e = associate_outcome(&skipped).unwrap_err();
+        assert_eq!((e.reason(), e.class()), ("1004".to_owned(), ErrorClass::Permanent));
+        let no_reason = parse_envelope(br#"{"success":true,"result":[{"status":"skipped"}]}"#).unwrap();
+        assert_eq!(associate_outcome(&no_reason).unwrap_err().class(), ErrorClass::Transient);
+        for ok in [&br#"{"success":true}"#[..], br#"{"success":true,"result":[{"id":5,"status":"updated"}]}"#] {
+            assert_eq!(associate_outcome(&parse_envelope(ok).unwrap()), Ok(()));
+        }
+    }
+
+    #[test]
+    fn success_false_without_a_code_is_transient() {
+        for body in [
+            &br#"{"success":false,"errors":[]}"#[..],
+            br#"{"success":false}"#,
+            br#"{"success":false,"errors":[{"message":"?"}]}"#,
+        ] {
+            let e = parse_envelope(body).unwrap_err();
+            assert!(matches!(e, MarketoError::Decode(_)), "{e:?}");
+            assert_eq!(e.class(), ErrorClass::Transient);
+        }
+    }
+
+    #[test]
+    fn reasons_are_safe_metric_labels() {
+        let api = |code: &str| MarketoError::Api { code: code.into(), message: String::new() };
+        assert_eq!(api("1012").reason(), "1012");
+        assert_eq!(api("a\"} evil{x=\"").reason(), "other");
+        assert_eq!(api(&"9".repeat(33)).reason(), "other");
+        let e = MarketoError::Identity(Box::new(MarketoError::Http(404)));
+        assert_eq!((e.reason().as_str(), e.class()), ("identity_http_404", ErrorClass::Setup));
+        assert!(e.is_retryable());
+        assert_eq!(MarketoError::Auth(401).class(), ErrorClass::Setup);
+        assert_eq!(MarketoError::Http(400).class(), ErrorClass::Setup);
     }
 
     #[test]

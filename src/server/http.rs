@@ -32,9 +32,27 @@ pub(crate) fn router(idtag: Idtag) -> Router {
     };
     Router::new()
         .route("/v1/tag", tag)
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .with_state(idtag)
+}
+
+/// `ok` while the writer and the worker run and the store answers; else 503
+/// with `{"status":"unhealthy","writer","worker","store"}` (`ok`, `stopped`, or
+/// the store's error).
+async fn healthz(State(idtag): State<Idtag>) -> Response {
+    let h = idtag.health().await;
+    if h.is_ok() {
+        return "ok\n".into_response();
+    }
+    let running = |ok: bool| if ok { "ok" } else { "stopped" };
+    let body = serde_json::json!({
+        "status": "unhealthy",
+        "writer": running(h.writer),
+        "worker": running(h.worker),
+        "store": h.store.err().unwrap_or_else(|| "ok".to_owned()),
+    });
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
 }
 
 async fn metrics(State(idtag): State<Idtag>) -> Response {

@@ -8,6 +8,14 @@ use std::sync::Mutex;
 #[derive(Debug, Default)]
 pub struct Metrics {
     counters: Mutex<BTreeMap<(&'static str, String), u64>>,
+    setup_problem: Mutex<Option<String>>,
+}
+
+/// A label value as the text format wants it (`\\`, `\"` and newlines escaped).
+fn esc(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Point-in-time figures rendered next to the counters.
@@ -32,7 +40,7 @@ impl Metrics {
 
     /// A tag request ended with `outcome` (`queued`, `duplicate`, or a rejection code).
     pub fn request(&self, outcome: &str) {
-        self.add("idtag_requests_total", format!("outcome=\"{outcome}\""), 1);
+        self.add("idtag_requests_total", format!("outcome=\"{}\"", esc(outcome)), 1);
     }
 
     /// Items queued in the outbox.
@@ -47,19 +55,48 @@ impl Metrics {
 
     /// A shared-browser conflict, handled per `policy` (`skip` or `reassociate`).
     pub fn conflict(&self, policy: &str) {
-        self.add("idtag_conflicts_total", format!("policy=\"{policy}\""), 1);
+        self.conflicts(policy, 1);
+    }
+
+    /// `n` shared-browser conflicts handled per `policy` (e.g. those a previous
+    /// run recorded in the outbox, counted at start).
+    pub fn conflicts(&self, policy: &str, n: u64) {
+        self.add("idtag_conflicts_total", format!("policy=\"{}\"", esc(policy)), n);
     }
 
     /// An item dead-lettered for `reason`.
     pub fn dead(&self, reason: &str) {
-        self.add("idtag_dead_total", format!("reason=\"{reason}\""), 1);
+        self.add("idtag_dead_total", format!("reason=\"{}\"", esc(reason)), 1);
+    }
+
+    /// An item put off without counting an attempt (a setup problem, the daily quota).
+    pub fn deferred(&self, reason: &str) {
+        self.add("idtag_deferred_total", format!("reason=\"{}\"", esc(reason)), 1);
+    }
+
+    /// Sets the setup problem Marketo calls currently fail with (`None`: they
+    /// work); `true` when that changed.
+    pub fn set_setup_problem(&self, reason: Option<&str>) -> bool {
+        let Ok(mut cur) = self.setup_problem.lock() else {
+            return false;
+        };
+        if cur.as_deref() == reason {
+            return false;
+        }
+        *cur = reason.map(str::to_owned);
+        true
+    }
+
+    /// The setup problem Marketo calls currently fail with, if any.
+    pub fn setup_problem(&self) -> Option<String> {
+        self.setup_problem.lock().ok().and_then(|g| g.clone())
     }
 
     /// A Marketo HTTP call to `endpoint` that ended with `code` (`ok`, `606`, `http_502`, …).
     pub fn marketo_call(&self, endpoint: &str, code: &str) {
         self.add(
             "idtag_marketo_calls_total",
-            format!("endpoint=\"{endpoint}\",code=\"{code}\""),
+            format!("endpoint=\"{}\",code=\"{}\"", esc(endpoint), esc(code)),
             1,
         );
     }
@@ -97,12 +134,13 @@ impl Metrics {
     /// The Prometheus text exposition.
     pub fn render(&self, g: &Gauges) -> String {
         let mut out = String::new();
-        let helps: [(&str, &str); 6] = [
+        let helps: [(&str, &str); 7] = [
             ("idtag_requests_total", "Tag requests by outcome or rejection reason."),
             ("idtag_queued_total", "Associations accepted into the outbox."),
             ("idtag_associated_total", "Associations done at Marketo."),
             ("idtag_conflicts_total", "Tokens already associated with another person."),
             ("idtag_dead_total", "Associations dead-lettered, by reason."),
+            ("idtag_deferred_total", "Associations put off without an attempt (setup problem, daily quota), by reason."),
             ("idtag_marketo_calls_total", "Marketo REST calls by endpoint and result code."),
         ];
         let counters = self.counters.lock().map(|c| c.clone()).unwrap_or_default();
@@ -119,7 +157,16 @@ impl Metrics {
                     }
                 }
             }
-            if !any && !matches!(family, "idtag_requests_total" | "idtag_dead_total" | "idtag_marketo_calls_total" | "idtag_conflicts_total") {
+            if !any
+                && !matches!(
+                    family,
+                    "idtag_requests_total"
+                        | "idtag_dead_total"
+                        | "idtag_deferred_total"
+                        | "idtag_marketo_calls_total"
+                        | "idtag_conflicts_total"
+                )
+            {
                 let _ = writeln!(out, "{family} 0");
             }
         }
@@ -131,6 +178,39 @@ impl Metrics {
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         }
+        let name = "idtag_setup_problem";
+        let _ = writeln!(
+            out,
+            "# HELP {name} 1 while Marketo calls fail for a setup reason (credentials, base URL, token endpoint); work is deferred, not dead-lettered.\n# TYPE {name} gauge"
+        );
+        match self.setup_problem() {
+            Some(r) => {
+                let _ = writeln!(out, "{name}{{reason=\"{}\"}} 1", esc(&r));
+            }
+            None => {
+                let _ = writeln!(out, "{name} 0");
+            }
+        }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_escaped_and_the_setup_problem_is_shown() {
+        let m = Metrics::default();
+        m.marketo_call("leads_lookup", "a\"b\\c\nd");
+        let text = m.render(&Gauges::default());
+        assert!(text.contains(r#"code="a\"b\\c\nd"} 1"#), "{text}");
+        assert!(text.contains("idtag_setup_problem 0"));
+        assert!(m.set_setup_problem(Some("identity_http_404")));
+        assert!(!m.set_setup_problem(Some("identity_http_404")), "unchanged");
+        let text = m.render(&Gauges::default());
+        assert!(text.contains(r#"idtag_setup_problem{reason="identity_http_404"} 1"#), "{text}");
+        assert!(m.set_setup_problem(None));
+        assert!(m.render(&Gauges::default()).contains("idtag_setup_problem 0"));
     }
 }

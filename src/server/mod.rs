@@ -29,8 +29,8 @@ pub use metrics::{Gauges, Metrics};
 pub use pacer::{next_central_midnight_ms, Pacer, PacingConfig, Paused};
 pub use pipeline::{ConflictPolicy, WorkerConfig};
 pub use store::{
-    Enqueued, ItemState, MemoryStore, NewAssociation, OutboxItem, Outcome, SqliteStore,
-    StatusReport, Store, StoreError,
+    is_revivable, reason_matches, Enqueued, ItemState, MemoryStore, NewAssociation, OutboxItem,
+    Outcome, Requeued, SqliteStore, StatusReport, Store, StoreError, StoreLock,
 };
 
 use crate::clock::{Clock, SystemClock};
@@ -256,6 +256,11 @@ impl Builder {
             },
         };
         let metrics = Arc::new(Metrics::default());
+        // Conflicts are recorded in the outbox: the counter goes on from there.
+        let recorded = pipeline::blocking(&store, |s| s.status()).await?;
+        for (policy, n) in &recorded.conflicts {
+            metrics.conflicts(policy, *n);
+        }
         let client = Arc::new(MarketoClient::new(
             self.config.marketo.clone(),
             self.clock.clone(),
@@ -324,6 +329,25 @@ pub struct Idtag {
 impl std::fmt::Debug for Idtag {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Idtag").finish_non_exhaustive()
+    }
+}
+
+/// What `GET /healthz` checks: the intake writer and the worker still run, and
+/// the store answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    /// The intake writer (group commits) is running.
+    pub writer: bool,
+    /// The association worker is running.
+    pub worker: bool,
+    /// The store answered a query (`Err`: why not).
+    pub store: Result<(), String>,
+}
+
+impl Health {
+    /// Everything is running and the store answers.
+    pub fn is_ok(&self) -> bool {
+        self.writer && self.worker && self.store.is_ok()
     }
 }
 
@@ -519,6 +543,33 @@ impl Idtag {
         }
         if let Some((worker, _writer)) = self.inner.tasks.lock().ok().and_then(|mut g| g.take()) {
             worker.abort();
+        }
+    }
+
+    /// Whether the intake writer and the worker run and the store answers
+    /// (within 2 s). After [`shutdown`](Self::shutdown) or [`abort`](Self::abort)
+    /// nothing runs.
+    pub async fn health(&self) -> Health {
+        let (worker, writer) = self
+            .inner
+            .tasks
+            .lock()
+            .ok()
+            .and_then(|g| {
+                g.as_ref()
+                    .map(|(worker, writer)| (!worker.is_finished(), !writer.is_finished()))
+            })
+            .unwrap_or((false, false));
+        let probe = pipeline::blocking(&self.inner.store, |s| s.next_due());
+        let store = match tokio::time::timeout(Duration::from_secs(2), probe).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no answer within 2 s".to_owned()),
+        };
+        Health {
+            writer,
+            worker,
+            store,
         }
     }
 

@@ -5,7 +5,7 @@ use crate::clock::{Clock, UnixMillis};
 use crate::marketo::RateWindow;
 use chrono::{DateTime, TimeZone};
 use chrono_tz::America::Chicago;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, SemaphorePermit};
@@ -78,6 +78,8 @@ pub struct Pacer {
     cfg: PacingConfig,
     window: Mutex<RateWindow>,
     in_flight: Arc<Semaphore>,
+    /// In-flight slots held back after 615s (always fewer than all of them).
+    held: Arc<AtomicUsize>,
     epoch: Instant,
     clock: Arc<dyn Clock>,
     paused_until: AtomicI64,
@@ -99,6 +101,7 @@ impl Pacer {
         Self {
             window: Mutex::new(RateWindow::new(cfg.rate_limit, window_ms)),
             in_flight: Arc::new(Semaphore::new(cfg.concurrency.max(1))),
+            held: Arc::new(AtomicUsize::new(0)),
             epoch: Instant::now(),
             paused_until: AtomicI64::new(0),
             day_reset_at: AtomicI64::new(next_central_midnight_ms(now)),
@@ -207,21 +210,33 @@ impl Pacer {
     }
 
     /// The platform said 615: hold one in-flight slot back for two rate windows
-    /// (never the last one). Needs a tokio runtime.
+    /// (never the last one: at most `concurrency - 1` are held at a time).
+    /// Needs a tokio runtime.
     pub fn lower_concurrency(&self) {
-        if self.cfg.concurrency <= 1 || self.in_flight.available_permits() == 0 {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let most = self.cfg.concurrency.max(1) - 1;
+        let claimed = self
+            .held
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |h| (h < most).then_some(h + 1));
+        if claimed.is_err() {
             return;
         }
-        let sem = self.in_flight.clone();
+        let (sem, held) = (self.in_flight.clone(), self.held.clone());
         let hold = self.cfg.rate_window * 2;
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
-                if let Ok(permit) = sem.acquire_owned().await {
-                    tokio::time::sleep(hold).await;
-                    drop(permit);
-                }
-            });
-        }
+        handle.spawn(async move {
+            if let Ok(permit) = sem.acquire_owned().await {
+                tokio::time::sleep(hold).await;
+                drop(permit);
+            }
+            held.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
+
+    /// In-flight slots currently held back after 615s.
+    pub fn held_back(&self) -> usize {
+        self.held.load(Ordering::SeqCst)
     }
 
     /// The platform said 607: no calls until the next 00:00 US Central (or the
@@ -250,6 +265,32 @@ mod tests {
         assert_eq!(next_central_midnight_ms(1_784_116_800_000), 1_784_178_000_000);
         // fall back: 2026-11-01 is 25 h long; from 2026-11-01T05:00:00Z (00:00 CDT)
         assert_eq!(next_central_midnight_ms(1_793_509_200_000), 1_793_599_200_000);
+    }
+
+    #[tokio::test]
+    async fn many_615s_never_hold_back_the_last_slot() {
+        let cfg = PacingConfig {
+            concurrency: 5,
+            rate_window: Duration::from_secs(60),
+            ..PacingConfig::default()
+        };
+        let pacer = Pacer::new(cfg, Arc::new(crate::clock::SystemClock));
+        for _ in 0..10 {
+            pacer.lower_concurrency();
+        }
+        assert_eq!(pacer.held_back(), 4);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let permit = tokio::time::timeout(Duration::from_secs(1), pacer.acquire()).await;
+        assert!(matches!(permit, Ok(Ok(_))), "one slot is always left for calls");
+        let single = Pacer::new(
+            PacingConfig {
+                concurrency: 1,
+                ..PacingConfig::default()
+            },
+            Arc::new(crate::clock::SystemClock),
+        );
+        single.lower_concurrency();
+        assert_eq!(single.held_back(), 0);
     }
 
     #[test]

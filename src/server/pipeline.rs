@@ -3,9 +3,10 @@
 use super::client::{MarketoClient, MarketoError, RecordOutcome};
 use super::metrics::Metrics;
 use super::store::{Enqueued, NewAssociation, Outcome, OutboxItem, Store, StoreError};
-use crate::clock::Clock;
+use crate::clock::{Clock, UnixMillis};
 use crate::marketo::{Backoff, ErrorClass};
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
@@ -20,6 +21,16 @@ pub enum ConflictPolicy {
     Skip,
     /// Associate with the new person anyway (recorded as a conflict too).
     Reassociate,
+}
+
+impl ConflictPolicy {
+    /// `skip` or `reassociate` (as recorded in the outbox and the metrics).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConflictPolicy::Skip => "skip",
+            ConflictPolicy::Reassociate => "reassociate",
+        }
+    }
 }
 
 impl std::str::FromStr for ConflictPolicy {
@@ -38,11 +49,20 @@ impl std::str::FromStr for ConflictPolicy {
 pub struct WorkerConfig {
     /// Items claimed per round (also the lead batch size; ≤ 300).
     pub batch: usize,
-    /// Failed attempts before an item is dead-lettered (default 30: with the
-    /// default backoff, about a day of outage).
+    /// Transient failures (outages, 5xx, 606/615, the network) dead-letter an
+    /// item only once it has failed this many attempts (default 30) **and** is
+    /// [`max_age`](Self::max_age) old: a long outage, or a stopped sidecar
+    /// restarted on an old backlog, does not drop work early.
     pub max_attempts: u32,
+    /// Age (since queued, revived or requeued) after which an item that only
+    /// ever fails transiently is dead-lettered (`retries_exhausted:<reason>`;
+    /// revivable). Default 7 days.
+    pub max_age: Duration,
     /// Delay between attempts of one item.
     pub item_backoff: Backoff,
+    /// How long work is put off, without counting an attempt, while Marketo
+    /// fails for a setup reason (credentials, base URL, token endpoint).
+    pub setup_retry: Duration,
     /// Longest idle wait between outbox polls.
     pub poll: Duration,
     /// What to do on a shared-browser conflict.
@@ -54,11 +74,13 @@ impl Default for WorkerConfig {
         Self {
             batch: 300,
             max_attempts: 30,
+            max_age: Duration::from_secs(7 * 24 * 3600),
             item_backoff: Backoff {
                 base_ms: 2_000,
                 max_ms: 3_600_000,
                 max_attempts: u32::MAX,
             },
+            setup_retry: Duration::from_secs(60),
             poll: Duration::from_millis(200),
             conflict_policy: ConflictPolicy::Skip,
         }
@@ -141,6 +163,38 @@ pub(crate) struct Worker {
     pub stop: watch::Receiver<bool>,
 }
 
+/// Calls `call` on `batch`; when that fails permanently at the batch level
+/// and the batch holds more than one email, calls it on each half instead, so
+/// one bad record cannot fail the others. Each final part comes back with its
+/// result.
+async fn split_on_permanent<T, F, Fut>(
+    batch: Vec<String>,
+    call: F,
+) -> Vec<(Vec<String>, Result<T, MarketoError>)>
+where
+    F: Fn(Vec<String>) -> Fut,
+    Fut: Future<Output = (Vec<String>, Result<T, MarketoError>)>,
+{
+    let mut done = Vec::new();
+    let mut todo = vec![batch];
+    while let Some(part) = todo.pop() {
+        match call(part).await {
+            (mut part, Err(e)) if e.class() == ErrorClass::Permanent && part.len() > 1 => {
+                tracing::info!(n = part.len(), reason = %e.reason(), "batch refused; trying each half");
+                let second = part.split_off(part.len() / 2);
+                todo.push(second);
+                todo.push(part);
+            }
+            finished => done.push(finished),
+        }
+    }
+    done
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
 impl Worker {
     pub async fn run(mut self) {
         let mut logged_pause = None;
@@ -154,77 +208,203 @@ impl Worker {
                     let left = p.until_ms.saturating_sub(self.clock.now_ms());
                     tracing::warn!(until_ms = p.until_ms, left_ms = left, "Marketo calls paused until the daily reset");
                 }
-                self.idle(Duration::from_millis(50)).await;
+                if !self.idle(Duration::from_millis(50)).await {
+                    break;
+                }
                 continue;
             }
             let mut stop = self.stop.clone();
             let round = tokio::select! {
                 r = self.round() => r,
-                // Graceful stop: drop the round (its calls are cancelled; items
-                // marked in flight are checked against Marketo on the next start).
+                // Graceful stop (or the handle dropped): drop the round (its calls
+                // are cancelled; items marked in flight are checked against
+                // Marketo on the next start).
                 _ = stop.changed() => break,
             };
-            match round {
+            let wait = match round {
                 Ok(true) => continue,
-                Ok(false) => {
-                    let wait = match blocking(&self.store, |s| s.next_due()).await {
-                        Ok(Some(at)) => {
-                            let left = at.saturating_sub(self.clock.now_ms()).max(1);
-                            Duration::from_millis(u64::try_from(left).unwrap_or(1)).min(self.cfg.poll)
-                        }
-                        _ => self.cfg.poll,
-                    };
-                    self.idle(wait).await;
-                }
+                Ok(false) => match blocking(&self.store, |s| s.next_due()).await {
+                    Ok(Some(at)) => {
+                        let left = at.saturating_sub(self.clock.now_ms()).max(1);
+                        Duration::from_millis(u64::try_from(left).unwrap_or(1)).min(self.cfg.poll)
+                    }
+                    _ => self.cfg.poll,
+                },
                 Err(e) => {
                     tracing::error!(error = %e, "worker round failed");
-                    self.idle(self.cfg.poll).await;
+                    self.cfg.poll
                 }
+            };
+            if !self.idle(wait).await {
+                break;
             }
         }
     }
 
-    async fn idle(&mut self, d: Duration) {
+    /// Waits for new work, `d`, or a stop; `false` when the worker must stop
+    /// (asked to, or its handle is gone and nobody can ask any more).
+    async fn idle(&mut self, d: Duration) -> bool {
         tokio::select! {
-            _ = self.wake.notified() => {}
-            _ = tokio::time::sleep(d) => {}
-            _ = self.stop.changed() => {}
+            _ = self.wake.notified() => true,
+            _ = tokio::time::sleep(d) => true,
+            changed = self.stop.changed() => changed.is_ok() && !*self.stop.borrow(),
         }
+    }
+
+    /// Tracks whether Marketo currently fails for a setup reason: logged
+    /// loudly once when it starts or changes, once when it is over, and shown
+    /// in the metrics (`idtag_setup_problem`).
+    fn note_setup(&self, problem: Option<&MarketoError>) {
+        let reason = problem.map(MarketoError::reason);
+        if !self.metrics.set_setup_problem(reason.as_deref()) {
+            return;
+        }
+        match problem {
+            Some(e) => tracing::error!(
+                reason = %e.reason(),
+                error = %e,
+                "Marketo refuses calls for a setup reason (check MARKETO_BASE_URL and the API credentials); all work is put off, nothing is dead-lettered"
+            ),
+            None => tracing::info!("Marketo calls work again"),
+        }
+    }
+
+    fn retry_at(&self, now: UnixMillis, attempts: u32) -> UnixMillis {
+        let d = self.cfg.item_backoff.delay_ms(attempts, rand::random::<f64>());
+        now.saturating_add(i64::try_from(d).unwrap_or(60_000))
     }
 
     fn failure_outcome(&self, item: &OutboxItem, err: &MarketoError) -> Outcome {
         let now = self.clock.now_ms();
-        if let MarketoError::Auth(_) = err {
-            // Credentials refused: a configuration problem, not the item's fault.
-            return Outcome::Defer { at_ms: now + 60_000 };
-        }
         match err.class() {
-            ErrorClass::Quota => Outcome::Defer {
-                at_ms: err.retry_after().unwrap_or(now + 60_000),
-            },
-            c if c.is_retryable() || c == ErrorClass::Reauthenticate => {
-                let attempts = item.attempts + 1;
-                if attempts >= self.cfg.max_attempts {
-                    Outcome::Dead(format!("retries_exhausted:{}", err.reason()))
-                } else {
-                    let d = self.cfg.item_backoff.delay_ms(attempts, rand::random::<f64>());
-                    Outcome::Retry {
-                        at_ms: now + i64::try_from(d).unwrap_or(60_000),
-                        reason: err.reason(),
-                    }
+            ErrorClass::Setup => {
+                // Not the item's fault: no attempt counted, nothing dead-lettered.
+                self.note_setup(Some(err));
+                self.metrics.deferred(&err.reason());
+                Outcome::Defer {
+                    at_ms: now.saturating_add(ms(self.cfg.setup_retry)),
                 }
             }
-            _ => Outcome::Dead(err.reason()),
+            ErrorClass::Quota => {
+                self.metrics.deferred("quota");
+                Outcome::Defer {
+                    at_ms: err.retry_after().unwrap_or(now + 60_000),
+                }
+            }
+            ErrorClass::Permanent => Outcome::Dead(err.reason()),
+            _ if self.exhausted(item, now) => {
+                Outcome::Dead(format!("retries_exhausted:{}", err.reason()))
+            }
+            _ => Outcome::Retry {
+                at_ms: self.retry_at(now, item.attempts.saturating_add(1)),
+                reason: err.reason(),
+            },
+        }
+    }
+
+    /// Whether one more failed attempt ends the item's retries: transient
+    /// failures are shared by every item while they last, so they are bounded
+    /// by the item's age as well as its attempts.
+    fn exhausted(&self, item: &OutboxItem, now: UnixMillis) -> bool {
+        item.attempts.saturating_add(1) >= self.cfg.max_attempts
+            && now.saturating_sub(item.queued_at_ms) >= ms(self.cfg.max_age)
+    }
+
+    /// What a failed associate call makes of its item. `1004` says the lead id
+    /// is stale (the lead was merged or deleted): it is forgotten, and the item
+    /// looked up afresh while its email is known (within its retry bounds).
+    fn associate_failure(&self, item: &OutboxItem, err: &MarketoError) -> Outcome {
+        let now = self.clock.now_ms();
+        match err {
+            MarketoError::Api { code, .. } if code == "1004" => match &item.email {
+                Some(email) if !self.exhausted(item, now) => Outcome::LeadGone {
+                    email: Some(email.clone()),
+                    at_ms: self.retry_at(now, item.attempts.saturating_add(1)),
+                    reason: err.reason(),
+                },
+                Some(_) => Outcome::LeadGone {
+                    email: None,
+                    at_ms: now,
+                    reason: format!("retries_exhausted:{}", err.reason()),
+                },
+                None => Outcome::LeadGone {
+                    email: None,
+                    at_ms: now,
+                    reason: err.reason(),
+                },
+            },
+            _ => self.failure_outcome(item, err),
         }
     }
 
     async fn record(&self, id: i64, outcome: Outcome) -> Result<(), StoreError> {
         match &outcome {
-            Outcome::Dead(r) => self.metrics.dead(r),
+            Outcome::Dead(r) | Outcome::LeadGone { email: None, reason: r, .. } => self.metrics.dead(r),
             Outcome::Done => self.metrics.associated(),
             _ => {}
         }
         blocking(&self.store, move |s| s.record(id, &outcome)).await
+    }
+
+    /// Lead ids of `emails` (lower-cased), or why there is none: a batched
+    /// lookup, then one createOrUpdate for those not found. A batch refused as
+    /// a whole is split rather than failing every person in it.
+    async fn resolve(&self, emails: Vec<String>) -> HashMap<String, Result<i64, MarketoError>> {
+        let mut out = HashMap::new();
+        let mut missing = Vec::new();
+        let lookup = |part: Vec<String>| {
+            let client = self.client.clone();
+            async move {
+                let r = client.lookup_by_email(&part).await;
+                (part, r)
+            }
+        };
+        for (part, r) in split_on_permanent(emails, lookup).await {
+            match r {
+                Ok(found) => {
+                    self.note_setup(None);
+                    let mut best: HashMap<String, i64> = HashMap::new();
+                    for f in found {
+                        let slot = best.entry(f.email.to_lowercase()).or_insert(f.id);
+                        *slot = (*slot).min(f.id);
+                    }
+                    for email in part {
+                        match best.get(&email) {
+                            Some(id) => {
+                                out.insert(email, Ok(*id));
+                            }
+                            None => missing.push(email),
+                        }
+                    }
+                }
+                Err(e) => out.extend(part.into_iter().map(|email| (email, Err(e.clone())))),
+            }
+        }
+        if missing.is_empty() {
+            return out;
+        }
+        let sync = |part: Vec<String>| {
+            let client = self.client.clone();
+            async move {
+                let r = client.sync_by_email(&part).await;
+                (part, r)
+            }
+        };
+        for (part, r) in split_on_permanent(missing, sync).await {
+            match r {
+                Ok(outcomes) => {
+                    for (email, o) in part.into_iter().zip(outcomes) {
+                        let r = match o {
+                            RecordOutcome::Ok { id, .. } => Ok(id),
+                            RecordOutcome::Failed { code, message } => Err(MarketoError::Api { code, message }),
+                        };
+                        out.insert(email, r);
+                    }
+                }
+                Err(e) => out.extend(part.into_iter().map(|email| (email, Err(e.clone())))),
+            }
+        }
+        out
     }
 
     /// One round: claim due items, resolve their leads, associate. `Ok(false)` when idle.
@@ -248,52 +428,14 @@ impl Worker {
         let mut failed: HashMap<String, MarketoError> = HashMap::new();
         if !unresolved.is_empty() {
             let emails: Vec<String> = unresolved.keys().cloned().collect();
-            match self.client.lookup_by_email(&emails).await {
-                Ok(found) => {
-                    let mut best: HashMap<String, i64> = HashMap::new();
-                    for f in found {
-                        let e = f.email.to_lowercase();
-                        let slot = best.entry(e).or_insert(f.id);
-                        *slot = (*slot).min(f.id);
+            for (email, r) in self.resolve(emails).await {
+                let Some(pk) = unresolved.get(&email) else { continue };
+                match r {
+                    Ok(id) => {
+                        resolved.insert(pk.clone(), id);
                     }
-                    for (email, id) in best {
-                        if let Some(pk) = unresolved.get(&email) {
-                            resolved.insert(pk.clone(), id);
-                        }
-                    }
-                    let missing: Vec<String> = emails
-                        .iter()
-                        .filter(|e| unresolved.get(*e).is_some_and(|pk| !resolved.contains_key(pk)))
-                        .cloned()
-                        .collect();
-                    if !missing.is_empty() {
-                        match self.client.sync_by_email(&missing).await {
-                            Ok(outcomes) => {
-                                for (email, o) in missing.iter().zip(outcomes) {
-                                    let Some(pk) = unresolved.get(email) else { continue };
-                                    match o {
-                                        RecordOutcome::Ok { id, .. } => {
-                                            resolved.insert(pk.clone(), id);
-                                        }
-                                        RecordOutcome::Failed { code, message } => {
-                                            failed.insert(pk.clone(), MarketoError::Api { code, message });
-                                        }
-                                    }
-                                }
-                            }
-                            Err(e) => {
-                                for email in &missing {
-                                    if let Some(pk) = unresolved.get(email) {
-                                        failed.insert(pk.clone(), e.clone());
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-                Err(e) => {
-                    for pk in unresolved.values() {
-                        failed.insert(pk.clone(), e.clone());
+                    Err(e) => {
+                        failed.insert(pk.clone(), e);
                     }
                 }
             }
@@ -327,14 +469,14 @@ impl Worker {
             let owner = blocking(&self.store, move |s| s.token_owner(&token)).await?;
             if let Some(owner) = owner.filter(|o| *o != item.person_key) {
                 tracing::warn!(person = %item.person_key, previous = %owner, "token already associated with another person");
-                match self.cfg.conflict_policy {
-                    ConflictPolicy::Skip => {
-                        self.metrics.conflict("skip");
-                        self.record(item.id, Outcome::Conflict("token_owned_by_other_person".to_owned()))
-                            .await?;
-                        continue;
-                    }
-                    ConflictPolicy::Reassociate => self.metrics.conflict("reassociate"),
+                let (id, policy) = (item.id, self.cfg.conflict_policy.as_str());
+                if blocking(&self.store, move |s| s.note_conflict(id, policy)).await? {
+                    self.metrics.conflict(policy);
+                }
+                if self.cfg.conflict_policy == ConflictPolicy::Skip {
+                    self.record(item.id, Outcome::Conflict("token_owned_by_other_person".to_owned()))
+                        .await?;
+                    continue;
                 }
             }
             to_call.push((lead_id, item.clone()));
@@ -371,15 +513,93 @@ impl Worker {
             let outcome = match r {
                 Ok(()) => {
                     tracing::debug!(person = %item.person_key, lead = ?item.lead_id, "associated");
+                    self.note_setup(None);
                     Outcome::Done
                 }
                 Err(e) => {
                     tracing::info!(person = %item.person_key, reason = %e.reason(), "associate failed");
-                    self.failure_outcome(&item, &e)
+                    self.associate_failure(&item, &e)
                 }
             };
             self.record(item.id, outcome).await?;
         }
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::SystemClock;
+    use crate::server::{MarketoConfig, MemoryStore};
+
+    fn worker(stop: watch::Receiver<bool>) -> Worker {
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let metrics = Arc::new(Metrics::default());
+        let client = MarketoClient::new(
+            MarketoConfig::new("http://127.0.0.1:9", "id", "secret"),
+            clock.clone(),
+            metrics.clone(),
+        )
+        .unwrap();
+        Worker {
+            store: Arc::new(MemoryStore::new()),
+            client: Arc::new(client),
+            clock,
+            metrics,
+            cfg: WorkerConfig {
+                poll: Duration::from_millis(20),
+                ..WorkerConfig::default()
+            },
+            wake: Arc::new(Notify::new()),
+            stop,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_worker_stops_when_its_handle_is_gone_even_while_paused() {
+        let (tx, rx) = watch::channel(false);
+        let w = worker(rx);
+        w.client.pacer().pause_for_day();
+        let task = tokio::spawn(w.run());
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        drop(tx);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let stopped = task.is_finished();
+        task.abort();
+        assert!(stopped, "the worker kept looping with nobody left to stop it");
+    }
+
+    #[tokio::test]
+    async fn a_failing_batch_is_split_until_the_culprit_is_alone() {
+        let calls = std::sync::Mutex::new(0);
+        let bad = "e@x".to_owned();
+        let emails: Vec<String> = ["a@x", "b@x", "c@x", "d@x", "e@x", "f@x", "g@x"]
+            .map(String::from)
+            .to_vec();
+        let parts = split_on_permanent(emails, |part: Vec<String>| {
+            *calls.lock().unwrap() += 1;
+            let r = if part.contains(&bad) {
+                Err(MarketoError::Api {
+                    code: "1003".into(),
+                    message: String::new(),
+                })
+            } else {
+                Ok(part.len())
+            };
+            async move { (part, r) }
+        })
+        .await;
+        let failed: Vec<&Vec<String>> = parts.iter().filter(|(_, r)| r.is_err()).map(|(p, _)| p).collect();
+        assert_eq!(failed, vec![&vec![bad.clone()]]);
+        let ok: usize = parts.iter().filter_map(|(_, r)| r.as_ref().ok()).sum();
+        assert_eq!(ok, 6);
+        assert!(*calls.lock().unwrap() <= 7, "bisected, not one call per email");
+        // a transient failure is not split: it is everyone's, and retried
+        let parts = split_on_permanent(vec!["a@x".into(), "b@x".into()], |part: Vec<String>| async move {
+            (part, Err::<(), _>(MarketoError::Transport("down".into())))
+        })
+        .await;
+        assert_eq!(parts.len(), 1);
     }
 }

@@ -23,6 +23,9 @@ pub enum StoreError {
     /// The intake writer is gone (shutting down).
     #[error("store writer stopped")]
     Closed,
+    /// Another process holds the store (see [`StoreLock`]).
+    #[error("{0}")]
+    Locked(String),
 }
 
 impl StoreError {
@@ -116,6 +119,9 @@ pub struct OutboxItem {
     pub consent: Consent,
     /// Capture time (Unix ms).
     pub captured_at_ms: UnixMillis,
+    /// When the item was queued, or last revived or requeued (Unix ms): the
+    /// start of its age, which bounds retries of transient failures.
+    pub queued_at_ms: UnixMillis,
     /// State.
     pub state: ItemState,
     /// Failed attempts so far.
@@ -150,6 +156,80 @@ pub enum Outcome {
         /// Not before (Unix ms).
         at_ms: UnixMillis,
     },
+    /// Marketo says the item's lead is gone (merged or deleted): the person's
+    /// cached lead id is forgotten (when it is the item's), and so is the item's.
+    /// With the email still known the item is looked up again at `at_ms` (an
+    /// attempt counted); without, it is dead-lettered with `reason` (revived
+    /// when the person logs in again with that browser).
+    LeadGone {
+        /// The item's email, when still known.
+        email: Option<String>,
+        /// Not before (Unix ms), for the new lookup.
+        at_ms: UnixMillis,
+        /// Why (`"1004"`).
+        reason: String,
+    },
+}
+
+/// Dead items that [`Store::enqueue`] revives when their (token, person) pair
+/// is enqueued again, and whose email is kept while they have no lead id:
+/// transient failures that ran out of time, and items that lost their lead.
+/// Other reasons (1012 invalid cookie, …) are final.
+pub fn is_revivable(reason: &str) -> bool {
+    reason.starts_with("retries_exhausted:") || reason == "1004" || reason == "no_identity"
+}
+
+/// Whether a dead item's `reason` is selected by the filter `want` of
+/// [`Store::requeue`]: equal, or `want` is its prefix before a `:`
+/// (`retries_exhausted` selects `retries_exhausted:http_502`).
+pub fn reason_matches(reason: &str, want: &str) -> bool {
+    reason == want
+        || reason
+            .strip_prefix(want)
+            .is_some_and(|rest| rest.starts_with(':'))
+}
+
+/// What an enqueue of a pair already in the outbox does to its item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Repeat {
+    /// Dead for a revivable reason: pending again, with the identity given now.
+    Revive,
+    /// Pending but with neither lead id nor email left: take the email given now.
+    GiveIdentity,
+    /// Nothing to do (a plain duplicate).
+    Nothing,
+}
+
+fn on_repeat(state: ItemState, reason: Option<&str>, lead_id: Option<i64>, email: Option<&str>) -> Repeat {
+    match state {
+        ItemState::Dead if reason.is_some_and(is_revivable) => Repeat::Revive,
+        ItemState::Pending if lead_id.is_none() && email.is_none() => Repeat::GiveIdentity,
+        _ => Repeat::Nothing,
+    }
+}
+
+/// How a dead item is delivered once requeued: with the person's cached lead
+/// id, else its own, else its email; `None` when it has neither left.
+fn requeue_identity(
+    cached: Option<i64>,
+    lead_id: Option<i64>,
+    email: Option<String>,
+) -> Option<(Option<i64>, Option<String>)> {
+    match cached.or(lead_id) {
+        Some(lead) => Some((Some(lead), None)),
+        None => email.map(|e| (None, Some(e))),
+    }
+}
+
+/// What [`Store::requeue`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Requeued {
+    /// Dead items made pending again.
+    pub requeued: u64,
+    /// Dead items selected but left dead: neither a lead id nor an email is
+    /// known to deliver them with (they revive at the person's next login
+    /// with that browser, which brings the email).
+    pub undeliverable: u64,
 }
 
 /// Outbox figures for `idtag status` and metrics.
@@ -161,6 +241,8 @@ pub struct StatusReport {
     pub oldest_pending_ms: Option<UnixMillis>,
     /// Dead items by reason.
     pub dead_reasons: BTreeMap<String, u64>,
+    /// Shared-browser conflicts recorded, by the policy applied (`skip`, `reassociate`).
+    pub conflicts: BTreeMap<String, u64>,
 }
 
 impl StatusReport {
@@ -179,7 +261,9 @@ impl StatusReport {
 /// (`FOR UPDATE SKIP LOCKED`, pushing `next_attempt_ms` forward by a lease) and
 /// serialise lead creation per email (e.g. an advisory lock on the person key).
 pub trait Store: Send + Sync + 'static {
-    /// Inserts a batch in one transaction (a group commit), deduplicating on (token, person).
+    /// Inserts a batch in one transaction (a group commit), deduplicating on
+    /// (token, person). A pair already present whose item is dead for a
+    /// revivable reason ([`is_revivable`]) is pending again (`Queued`).
     fn enqueue(&self, batch: &[NewAssociation]) -> Result<Vec<Enqueued>, StoreError>;
     /// Up to `limit` pending items due at `now_ms`, oldest first.
     fn due(&self, now_ms: UnixMillis, limit: usize) -> Result<Vec<OutboxItem>, StoreError>;
@@ -195,7 +279,14 @@ pub trait Store: Send + Sync + 'static {
     fn mark_in_flight(&self, ids: &[i64]) -> Result<(), StoreError>;
     /// Records what became of an item.
     fn record(&self, id: i64, outcome: &Outcome) -> Result<(), StoreError>;
-    /// Counts by state, oldest pending, dead reasons.
+    /// Records that the item's token belonged to another person and `policy`
+    /// was applied; `true` the first time for this item.
+    fn note_conflict(&self, id: i64, policy: &str) -> Result<bool, StoreError>;
+    /// Makes dead items pending again (those whose reason matches `reason`,
+    /// see [`reason_matches`]; all with `None`), attempts reset, their age
+    /// starting at `now_ms`.
+    fn requeue(&self, reason: Option<&str>, now_ms: UnixMillis) -> Result<Requeued, StoreError>;
+    /// Counts by state, oldest pending, dead reasons, conflicts.
     fn status(&self) -> Result<StatusReport, StoreError>;
 }
 
@@ -224,6 +315,7 @@ fn parse_consent(s: &str) -> Consent {
 #[derive(Debug, Default)]
 struct MemInner {
     items: BTreeMap<i64, OutboxItem>,
+    conflicts: HashMap<i64, String>,
     pairs: HashMap<(String, String), i64>,
     leads: HashMap<String, i64>,
     owners: HashMap<String, String>,
@@ -249,13 +341,32 @@ impl Store for MemoryStore {
         let mut out = Vec::with_capacity(batch.len());
         for a in batch {
             let key = (a.token.clone(), a.person_key.clone());
-            if g.pairs.contains_key(&key) {
-                out.push(Enqueued::Duplicate);
+            let lead_id = g.leads.get(&a.person_key).copied();
+            if let Some(id) = g.pairs.get(&key).copied() {
+                let Some(item) = g.items.get_mut(&id) else {
+                    continue;
+                };
+                let repeat = on_repeat(item.state, item.reason.as_deref(), item.lead_id, item.email.as_deref());
+                if repeat != Repeat::Nothing {
+                    item.lead_id = lead_id;
+                    item.email = lead_id.is_none().then(|| a.email.clone());
+                }
+                if repeat == Repeat::Revive {
+                    item.state = ItemState::Pending;
+                    item.attempts = 0;
+                    item.next_attempt_ms = 0;
+                    item.reason = None;
+                    item.in_flight = false;
+                    item.captured_at_ms = a.captured_at_ms;
+                    item.queued_at_ms = a.captured_at_ms;
+                    out.push(Enqueued::Queued);
+                } else {
+                    out.push(Enqueued::Duplicate);
+                }
                 continue;
             }
             g.next_id += 1;
             let id = g.next_id;
-            let lead_id = g.leads.get(&a.person_key).copied();
             g.pairs.insert(key, id);
             g.items.insert(
                 id,
@@ -269,6 +380,7 @@ impl Store for MemoryStore {
                     event: a.event,
                     consent: a.consent,
                     captured_at_ms: a.captured_at_ms,
+                    queued_at_ms: a.captured_at_ms,
                     state: ItemState::Pending,
                     attempts: 0,
                     next_attempt_ms: 0,
@@ -339,6 +451,7 @@ impl Store for MemoryStore {
         };
         item.in_flight = false;
         let mut owner = None;
+        let mut forget = None;
         match outcome {
             Outcome::Done => {
                 item.state = ItemState::Done;
@@ -348,7 +461,9 @@ impl Store for MemoryStore {
             Outcome::Dead(r) => {
                 item.state = ItemState::Dead;
                 item.reason = Some(r.clone());
-                item.email = None;
+                if !is_revivable(r) {
+                    item.email = None;
+                }
             }
             Outcome::Conflict(r) => {
                 item.state = ItemState::Conflict;
@@ -361,11 +476,74 @@ impl Store for MemoryStore {
                 item.reason = Some(reason.clone());
             }
             Outcome::Defer { at_ms } => item.next_attempt_ms = *at_ms,
+            Outcome::LeadGone { email, at_ms, reason } => {
+                forget = Some((item.person_key.clone(), item.lead_id.take()));
+                item.reason = Some(reason.clone());
+                match email {
+                    Some(e) => {
+                        item.email = Some(e.clone());
+                        item.attempts += 1;
+                        item.next_attempt_ms = *at_ms;
+                    }
+                    None => {
+                        item.state = ItemState::Dead;
+                        item.email = None;
+                    }
+                }
+            }
         }
         if let Some((t, p)) = owner {
             g.owners.insert(t, p);
         }
+        if let Some((person, Some(stale))) = forget {
+            if g.leads.get(&person) == Some(&stale) {
+                g.leads.remove(&person);
+            }
+            for i in g.items.values_mut() {
+                if i.person_key == person && i.state == ItemState::Pending && i.lead_id == Some(stale) {
+                    i.lead_id = None;
+                }
+            }
+        }
         Ok(())
+    }
+
+    fn note_conflict(&self, id: i64, policy: &str) -> Result<bool, StoreError> {
+        let mut g = self.inner.lock().map_err(|_| StoreError::Poisoned)?;
+        if !g.items.contains_key(&id) || g.conflicts.contains_key(&id) {
+            return Ok(false);
+        }
+        g.conflicts.insert(id, policy.to_owned());
+        Ok(true)
+    }
+
+    fn requeue(&self, reason: Option<&str>, now_ms: UnixMillis) -> Result<Requeued, StoreError> {
+        let mut g = self.inner.lock().map_err(|_| StoreError::Poisoned)?;
+        let g = &mut *g;
+        let mut r = Requeued::default();
+        for item in g.items.values_mut() {
+            let selected = item.state == ItemState::Dead
+                && reason.is_none_or(|want| reason_matches(item.reason.as_deref().unwrap_or(""), want));
+            if !selected {
+                continue;
+            }
+            let cached = g.leads.get(&item.person_key).copied();
+            match requeue_identity(cached, item.lead_id, item.email.clone()) {
+                Some((lead_id, email)) => {
+                    item.lead_id = lead_id;
+                    item.email = email;
+                    item.state = ItemState::Pending;
+                    item.attempts = 0;
+                    item.next_attempt_ms = 0;
+                    item.reason = None;
+                    item.in_flight = false;
+                    item.queued_at_ms = now_ms;
+                    r.requeued += 1;
+                }
+                None => r.undeliverable += 1,
+            }
+        }
+        Ok(r)
     }
 
     fn status(&self) -> Result<StatusReport, StoreError> {
@@ -384,6 +562,9 @@ impl Store for MemoryStore {
                     .entry(i.reason.clone().unwrap_or_default())
                     .or_insert(0) += 1;
             }
+        }
+        for policy in g.conflicts.values() {
+            *r.conflicts.entry(policy.clone()).or_insert(0) += 1;
         }
         Ok(r)
     }
@@ -414,6 +595,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     next_attempt_ms INTEGER NOT NULL DEFAULT 0,
     reason TEXT,
     in_flight INTEGER NOT NULL DEFAULT 0,
+    queued_at_ms INTEGER NOT NULL DEFAULT 0,
+    conflict TEXT,
     UNIQUE (token, person_key)
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_attempt_ms);
@@ -449,6 +632,7 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(SCHEMA)?;
+        migrate(&conn)?;
         Ok(Self {
             conn: Mutex::new(conn),
         })
@@ -458,6 +642,65 @@ impl SqliteStore {
         self.conn.lock().map_err(|_| StoreError::Poisoned)
     }
 }
+
+/// An exclusive advisory lock on an outbox file (`<store>.lock` next to it),
+/// taken by the one process that works that outbox (`idtag serve`): the
+/// embedded stores assume a single worker. Released when dropped or when the
+/// process ends, however it ends. Reports (`idtag status`) need no lock.
+#[derive(Debug)]
+pub struct StoreLock {
+    _file: std::fs::File,
+}
+
+impl StoreLock {
+    /// Takes the lock for the store at `store_path`, failing at once
+    /// ([`StoreError::Locked`]) when another process holds it.
+    pub fn acquire(store_path: impl AsRef<Path>) -> Result<StoreLock, StoreError> {
+        let mut name = store_path.as_ref().as_os_str().to_owned();
+        name.push(".lock");
+        let path = std::path::PathBuf::from(name);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| StoreError::Locked(format!("cannot open {}: {e}", path.display())))?;
+        match file.try_lock() {
+            Ok(()) => Ok(StoreLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked(format!(
+                "another process is working the outbox {} (it holds {}): one worker per store",
+                store_path.as_ref().display(),
+                path.display()
+            ))),
+            Err(std::fs::TryLockError::Error(e)) => Err(StoreError::Locked(format!(
+                "cannot lock {}: {e}",
+                path.display()
+            ))),
+        }
+    }
+}
+
+/// Adds the columns later versions introduced to an outbox made by an earlier one.
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let mut st = conn.prepare("SELECT name FROM pragma_table_info('outbox')")?;
+    let columns = st
+        .query_map([], |r| r.get::<_, String>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    let has = |c: &str| columns.iter().any(|x| x == c);
+    if !has("queued_at_ms") {
+        conn.execute_batch(
+            "ALTER TABLE outbox ADD COLUMN queued_at_ms INTEGER NOT NULL DEFAULT 0;
+             UPDATE outbox SET queued_at_ms = captured_at_ms;",
+        )?;
+    }
+    if !has("conflict") {
+        conn.execute_batch("ALTER TABLE outbox ADD COLUMN conflict TEXT;")?;
+    }
+    Ok(())
+}
+
+const ITEM_COLUMNS: &str = "id, token, cookie_value, person_key, email, lead_id, event, consent, captured_at_ms,
+    state, attempts, next_attempt_ms, reason, in_flight, queued_at_ms";
 
 fn row_item(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxItem> {
     Ok(OutboxItem {
@@ -475,6 +718,7 @@ fn row_item(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxItem> {
         next_attempt_ms: r.get(11)?,
         reason: r.get(12)?,
         in_flight: r.get::<_, i64>(13)? != 0,
+        queued_at_ms: r.get(14)?,
     })
 }
 
@@ -486,8 +730,18 @@ impl Store for SqliteStore {
         {
             let mut lead = tx.prepare_cached("SELECT lead_id FROM leads WHERE person_key = ?1")?;
             let mut ins = tx.prepare_cached(
-                "INSERT OR IGNORE INTO outbox (token, cookie_value, person_key, email, lead_id, event, consent, captured_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT OR IGNORE INTO outbox (token, cookie_value, person_key, email, lead_id, event, consent, captured_at_ms, queued_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
+            )?;
+            let mut existing = tx.prepare_cached(
+                "SELECT id, state, reason, lead_id, email FROM outbox WHERE token = ?1 AND person_key = ?2",
+            )?;
+            let mut identity =
+                tx.prepare_cached("UPDATE outbox SET lead_id = ?2, email = ?3 WHERE id = ?1")?;
+            let mut revive = tx.prepare_cached(
+                "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_ms = 0, reason = NULL,
+                        in_flight = 0, captured_at_ms = ?2, queued_at_ms = ?2
+                 WHERE id = ?1",
             )?;
             for a in batch {
                 let lead_id: Option<i64> = lead
@@ -504,11 +758,35 @@ impl Store for SqliteStore {
                     a.consent.as_str(),
                     a.captured_at_ms
                 ])?;
-                out.push(if n == 1 {
-                    Enqueued::Queued
+                if n == 1 {
+                    out.push(Enqueued::Queued);
+                    continue;
+                }
+                let repeat = existing
+                    .query_row(params![a.token, a.person_key], |r| {
+                        let state = ItemState::parse(&r.get::<_, String>(1)?);
+                        let reason: Option<String> = r.get(2)?;
+                        let old_lead: Option<i64> = r.get(3)?;
+                        let old_email: Option<String> = r.get(4)?;
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            on_repeat(state, reason.as_deref(), old_lead, old_email.as_deref()),
+                        ))
+                    })
+                    .optional()?;
+                let Some((id, repeat)) = repeat else {
+                    out.push(Enqueued::Duplicate);
+                    continue;
+                };
+                if repeat != Repeat::Nothing {
+                    identity.execute(params![id, lead_id, email])?;
+                }
+                if repeat == Repeat::Revive {
+                    revive.execute(params![id, a.captured_at_ms])?;
+                    out.push(Enqueued::Queued);
                 } else {
-                    Enqueued::Duplicate
-                });
+                    out.push(Enqueued::Duplicate);
+                }
             }
         }
         tx.commit()?;
@@ -517,11 +795,10 @@ impl Store for SqliteStore {
 
     fn due(&self, now_ms: UnixMillis, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
         let conn = self.conn()?;
-        let mut st = conn.prepare_cached(
-            "SELECT id, token, cookie_value, person_key, email, lead_id, event, consent, captured_at_ms,
-                    state, attempts, next_attempt_ms, reason, in_flight
-             FROM outbox WHERE state = 'pending' AND next_attempt_ms <= ?1 ORDER BY id LIMIT ?2",
-        )?;
+        let mut st = conn.prepare_cached(&format!(
+            "SELECT {ITEM_COLUMNS} FROM outbox
+             WHERE state = 'pending' AND next_attempt_ms <= ?1 ORDER BY id LIMIT ?2"
+        ))?;
         let rows = st.query_map(params![now_ms, i64::try_from(limit).unwrap_or(i64::MAX)], row_item)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -604,9 +881,13 @@ impl Store for SqliteStore {
                 )?;
             }
             Outcome::Dead(r) => {
+                // A revivable item keeps its email while it has no lead id: it
+                // is needed to deliver the item once revived or requeued.
                 tx.execute(
-                    "UPDATE outbox SET state = 'dead', reason = ?2, email = NULL WHERE id = ?1",
-                    params![id, r],
+                    "UPDATE outbox SET state = 'dead', reason = ?2,
+                            email = CASE WHEN ?3 THEN email ELSE NULL END
+                     WHERE id = ?1",
+                    params![id, r, is_revivable(r)],
                 )?;
             }
             Outcome::Conflict(r) => {
@@ -627,9 +908,94 @@ impl Store for SqliteStore {
                     params![id, at_ms],
                 )?;
             }
+            Outcome::LeadGone { email, at_ms, reason } => {
+                let stale: Option<(String, Option<i64>)> = tx
+                    .query_row(
+                        "SELECT person_key, lead_id FROM outbox WHERE id = ?1",
+                        params![id],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()?;
+                if let Some((person, Some(lead))) = stale {
+                    tx.execute(
+                        "DELETE FROM leads WHERE person_key = ?1 AND lead_id = ?2",
+                        params![person, lead],
+                    )?;
+                    tx.execute(
+                        "UPDATE outbox SET lead_id = NULL
+                         WHERE person_key = ?1 AND lead_id = ?2 AND state = 'pending'",
+                        params![person, lead],
+                    )?;
+                }
+                match email {
+                    Some(e) => tx.execute(
+                        "UPDATE outbox SET lead_id = NULL, email = ?2, attempts = attempts + 1,
+                                next_attempt_ms = ?3, reason = ?4
+                         WHERE id = ?1",
+                        params![id, e, at_ms, reason],
+                    )?,
+                    None => tx.execute(
+                        "UPDATE outbox SET state = 'dead', lead_id = NULL, email = NULL, reason = ?2
+                         WHERE id = ?1",
+                        params![id, reason],
+                    )?,
+                };
+            }
         }
         tx.commit()?;
         Ok(())
+    }
+
+    fn note_conflict(&self, id: i64, policy: &str) -> Result<bool, StoreError> {
+        let conn = self.conn()?;
+        let n = conn.execute(
+            "UPDATE outbox SET conflict = ?2 WHERE id = ?1 AND conflict IS NULL",
+            params![id, policy],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn requeue(&self, reason: Option<&str>, now_ms: UnixMillis) -> Result<Requeued, StoreError> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        let mut r = Requeued::default();
+        {
+            let mut dead = tx.prepare(
+                "SELECT o.id, COALESCE(o.reason, ''), l.lead_id, o.lead_id, o.email
+                 FROM outbox o LEFT JOIN leads l ON l.person_key = o.person_key
+                 WHERE o.state = 'dead'",
+            )?;
+            let rows = dead
+                .query_map([], |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, Option<i64>>(2)?,
+                        row.get::<_, Option<i64>>(3)?,
+                        row.get::<_, Option<String>>(4)?,
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut pending = tx.prepare(
+                "UPDATE outbox SET state = 'pending', lead_id = ?2, email = ?3, attempts = 0,
+                        next_attempt_ms = 0, reason = NULL, in_flight = 0, queued_at_ms = ?4
+                 WHERE id = ?1",
+            )?;
+            for (id, why, cached, lead_id, email) in rows {
+                if reason.is_some_and(|want| !reason_matches(&why, want)) {
+                    continue;
+                }
+                match requeue_identity(cached, lead_id, email) {
+                    Some((lead_id, email)) => {
+                        pending.execute(params![id, lead_id, email, now_ms])?;
+                        r.requeued += 1;
+                    }
+                    None => r.undeliverable += 1,
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(r)
     }
 
     fn status(&self) -> Result<StatusReport, StoreError> {
@@ -654,6 +1020,14 @@ impl Store for SqliteStore {
         for row in rows {
             let (s, n) = row?;
             r.dead_reasons.insert(s, u64::try_from(n).unwrap_or(0));
+        }
+        let mut st = conn.prepare(
+            "SELECT conflict, COUNT(*) FROM outbox WHERE conflict IS NOT NULL GROUP BY conflict",
+        )?;
+        let rows = st.query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)))?;
+        for row in rows {
+            let (s, n) = row?;
+            r.conflicts.insert(s, u64::try_from(n).unwrap_or(0));
         }
         Ok(r)
     }
@@ -710,9 +1084,127 @@ mod tests {
         assert_eq!(due[0].email, None);
     }
 
+    /// Dead items come back: by a repeat enqueue when revivable, by `requeue`
+    /// when they can still be delivered; a gone lead is forgotten.
+    fn revive_and_requeue(s: &dyn Store) {
+        s.enqueue(&[assoc("t1", "p1"), assoc("t2", "p2"), assoc("t3", "p3")])
+            .unwrap();
+        let due = s.due(0, 10).unwrap();
+        let (i1, i2, i3) = (due[0].id, due[1].id, due[2].id);
+        // transient failures ran out: revivable, the email kept (no lead id yet)
+        s.record(i1, &Outcome::Dead("retries_exhausted:http_502".into())).unwrap();
+        s.record(i2, &Outcome::Dead("1012".into())).unwrap();
+        let r = s.enqueue(&[assoc("t1", "p1"), assoc("t2", "p2")]).unwrap();
+        assert_eq!(r, vec![Enqueued::Queued, Enqueued::Duplicate], "1012 is final");
+        let again = s.due(0, 10).unwrap();
+        let revived = again.iter().find(|i| i.id == i1).unwrap();
+        assert_eq!((revived.attempts, revived.reason.as_deref()), (0, None));
+        assert_eq!(revived.email.as_deref(), Some("p1@example.com"));
+        // requeue: a dead item that kept its email is deliverable, one without is not
+        s.record(i1, &Outcome::Dead("retries_exhausted:606".into())).unwrap();
+        let r = s.requeue(Some("retries_exhausted"), 1_000).unwrap();
+        assert_eq!(r, Requeued { requeued: 1, undeliverable: 0 });
+        let item = s.due(0, 10).unwrap().into_iter().find(|i| i.id == i1).unwrap();
+        assert_eq!((item.queued_at_ms, item.email.as_deref()), (1_000, Some("p1@example.com")));
+        let r = s.requeue(None, 1_000).unwrap();
+        assert_eq!(r, Requeued { requeued: 0, undeliverable: 1 }, "1012 dropped its email");
+        // a resolved person's item is requeued with the lead id, its email dropped
+        s.set_lead("p2", 42).unwrap();
+        assert_eq!(s.requeue(Some("1012"), 2_000).unwrap().requeued, 1);
+        let item = s.due(0, 10).unwrap().into_iter().find(|i| i.id == i2).unwrap();
+        assert_eq!((item.lead_id, item.email.as_deref()), (Some(42), None));
+        // the lead is gone (1004) and no email is known: lead forgotten, item dead
+        s.record(i3, &Outcome::Defer { at_ms: 0 }).unwrap();
+        s.set_lead("p3", 9).unwrap();
+        s.enqueue(&[assoc("t4", "p3")]).unwrap();
+        let gone = Outcome::LeadGone { email: None, at_ms: 0, reason: "1004".into() };
+        s.record(i3, &gone).unwrap();
+        assert_eq!(s.lead_of("p3").unwrap(), None);
+        let t4 = s.due(0, 10).unwrap().into_iter().find(|i| i.token == "t4").unwrap();
+        assert_eq!((t4.lead_id, t4.email.as_deref()), (None, None), "stale lead cleared");
+        // the next login with that browser brings the email back: revived
+        assert_eq!(s.enqueue(&[assoc("t3", "p3")]).unwrap(), vec![Enqueued::Queued]);
+        // and a pending item without identity takes the email of a repeat login
+        assert_eq!(s.enqueue(&[assoc("t4", "p3")]).unwrap(), vec![Enqueued::Duplicate]);
+        let due = s.due(0, 10).unwrap();
+        for t in ["t3", "t4"] {
+            let i = due.iter().find(|i| i.token == t).unwrap();
+            assert_eq!((i.lead_id, i.email.as_deref()), (None, Some("p3@example.com")), "{t}");
+        }
+        // the lead is gone but the email is known: looked up again, attempt counted
+        let t3 = due.iter().find(|i| i.token == "t3").unwrap().id;
+        let gone = Outcome::LeadGone { email: Some("p3@example.com".into()), at_ms: 77, reason: "1004".into() };
+        s.record(t3, &gone).unwrap();
+        let i = s.due(100, 10).unwrap().into_iter().find(|i| i.id == t3).unwrap();
+        assert_eq!((i.attempts, i.next_attempt_ms, i.email.as_deref()), (1, 77, Some("p3@example.com")));
+        // conflicts are recorded once per item, by policy
+        assert!(s.note_conflict(t3, "reassociate").unwrap());
+        assert!(!s.note_conflict(t3, "reassociate").unwrap());
+        assert_eq!(s.status().unwrap().conflicts.get("reassociate"), Some(&1));
+    }
+
+    #[test]
+    fn reasons() {
+        assert!(is_revivable("retries_exhausted:transport") && is_revivable("1004"));
+        assert!(!is_revivable("1012") && !is_revivable("retries_exhausted"));
+        assert!(reason_matches("retries_exhausted:606", "retries_exhausted"));
+        assert!(reason_matches("1012", "1012") && !reason_matches("10123", "1012"));
+    }
+
     #[test]
     fn memory_store() {
         exercise(&MemoryStore::new());
+        revive_and_requeue(&MemoryStore::new());
+    }
+
+    fn temp_path(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("idtag-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::create_dir_all(&dir);
+        dir.join("outbox.db")
+    }
+
+    #[test]
+    fn sqlite_store_revives_and_requeues() {
+        let path = temp_path("revive");
+        revive_and_requeue(&SqliteStore::open(&path).unwrap());
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn an_outbox_of_an_earlier_version_is_migrated() {
+        let path = temp_path("migrate");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE outbox (
+                    id INTEGER PRIMARY KEY AUTOINCREMENT, token TEXT NOT NULL, cookie_value TEXT NOT NULL,
+                    person_key TEXT NOT NULL, email TEXT, lead_id INTEGER, event TEXT NOT NULL,
+                    consent TEXT NOT NULL, captured_at_ms INTEGER NOT NULL,
+                    state TEXT NOT NULL DEFAULT 'pending', attempts INTEGER NOT NULL DEFAULT 0,
+                    next_attempt_ms INTEGER NOT NULL DEFAULT 0, reason TEXT,
+                    in_flight INTEGER NOT NULL DEFAULT 0, UNIQUE (token, person_key));
+                 INSERT INTO outbox (token, cookie_value, person_key, email, event, consent, captured_at_ms)
+                 VALUES ('t', 'v', 'p', 'p@example.com', 'login', 'granted', 1234);",
+            )
+            .unwrap();
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        let due = s.due(0, 10).unwrap();
+        assert_eq!(due[0].queued_at_ms, 1234);
+        assert!(s.note_conflict(due[0].id, "skip").unwrap());
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn one_process_holds_the_store_lock() {
+        let path = temp_path("lock");
+        let first = StoreLock::acquire(&path).unwrap();
+        let second = StoreLock::acquire(&path).unwrap_err();
+        assert!(second.to_string().contains("another process"), "{second}");
+        drop(first);
+        assert!(StoreLock::acquire(&path).is_ok());
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 
     #[test]
