@@ -55,7 +55,7 @@ unsafe impl GlobalAlloc for ClassAlloc {
             return null_mut();
         }
         let head = s.free[k];
-        if !head.is_null() && (head as usize) % layout.align() == 0 {
+        if !head.is_null() && (head as usize).is_multiple_of(layout.align()) {
             s.free[k] = *(head as *mut *mut u8);
             return head;
         }
