@@ -284,5 +284,24 @@ fn serve_without_marketo_settings_runs_the_embedded_emulator_end_to_end() {
         .args(["-TERM", &child.id().to_string()])
         .status();
     let _ = child.wait();
+    // The same outbox pointed at a real instance later: refused before any
+    // work, since its done pairs and lead ids belong to the emulator.
+    let real = serve(free_port(), &dir.join("outbox.db"))
+        .env("MARKETO_BASE_URL", "https://123-ABC-456.mktorest.invalid")
+        .env("MARKETO_CLIENT_ID", "id")
+        .env("MARKETO_CLIENT_SECRET", "secret")
+        .output()
+        .unwrap();
+    assert!(!real.status.success());
+    let err = String::from_utf8_lossy(&real.stderr);
+    assert!(
+        err.contains("holds work for the Marketo instance local"),
+        "{err}"
+    );
+    let st = SqliteStore::open(dir.join("outbox.db"))
+        .unwrap()
+        .status()
+        .unwrap();
+    assert_eq!(st.counts.get("done").copied(), Some(1), "{st:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -808,6 +808,9 @@ async fn a_crash_mid_drain_then_restart_delivers_each_association_exactly_once()
     }
     first.abort();
     drop(first);
+    // Blocking store calls the aborted worker had already started finish on
+    // their own; let them land before reading what the crash left.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let left = probe.due(i64::MAX, 100).unwrap();
     assert!(!left.is_empty(), "killed mid-drain");
     let interrupted = left.iter().filter(|i| i.in_flight).count();

@@ -30,7 +30,7 @@ pub use pacer::{next_central_midnight_ms, Pacer, PacingConfig, Paused};
 pub use pipeline::{ConflictPolicy, WorkerConfig};
 pub use store::{
     is_revivable, reason_matches, Enqueued, ItemState, MemoryStore, NewAssociation, OutboxItem,
-    Outcome, Requeued, SqliteStore, StatusReport, Store, StoreError, StoreLock,
+    Outcome, Requeued, SqliteStore, StatusReport, Store, StoreError, StoreLock, instance_id,
 };
 
 use crate::clock::{Clock, SystemClock};
@@ -255,6 +255,10 @@ impl Builder {
                 }
             },
         };
+        // Done pairs and lead ids are facts about one instance: an outbox used
+        // with another (the embedded emulator, say) is refused.
+        let instance = instance_id(&self.config.marketo.base_url);
+        pipeline::blocking(&store, move |s| s.bind_instance(&instance)).await?;
         let metrics = Arc::new(Metrics::default());
         // Conflicts are recorded in the outbox: the counter goes on from there.
         let recorded = pipeline::blocking(&store, |s| s.status()).await?;

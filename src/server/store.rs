@@ -26,6 +26,19 @@ pub enum StoreError {
     /// Another process holds the store (see [`StoreLock`]).
     #[error("{0}")]
     Locked(String),
+    /// The outbox holds work done against another Marketo instance (see
+    /// [`Store::bind_instance`]).
+    #[error(
+        "this outbox holds work for the Marketo instance {recorded}, not {wanted}: pairs done \
+         there would be skipped here as duplicates and its lead ids mean other leads; use \
+         another store (or delete this one if that work does not matter)"
+    )]
+    OtherInstance {
+        /// The instance the outbox was used with.
+        recorded: String,
+        /// The instance this run talks to.
+        wanted: String,
+    },
 }
 
 impl StoreError {
@@ -288,6 +301,54 @@ pub trait Store: Send + Sync + 'static {
     fn requeue(&self, reason: Option<&str>, now_ms: UnixMillis) -> Result<Requeued, StoreError>;
     /// Counts by state, oldest pending, dead reasons, conflicts.
     fn status(&self) -> Result<StatusReport, StoreError>;
+    /// Ties the outbox to one Marketo instance (its [`instance_id`]): recorded
+    /// on first use; another instance later is refused
+    /// ([`StoreError::OtherInstance`]), because the outbox's done pairs and
+    /// lead ids are facts about the instance they were made on.
+    fn bind_instance(&self, instance: &str) -> Result<(), StoreError>;
+}
+
+/// What an outbox is tied to for a Marketo REST base URL: its scheme, host and
+/// port (lowercase; the path is left out, so fixing a wrong path keeps the
+/// outbox), or `local` for any stand-in on a loopback address (the emulator,
+/// whatever port it has this time).
+///
+/// ```
+/// use idtag::server::instance_id;
+/// assert_eq!(instance_id("https://123-ABC-456.mktorest.com/rest"), "https://123-abc-456.mktorest.com");
+/// assert_eq!(instance_id("http://127.0.0.1:40123"), "local");
+/// assert_eq!(instance_id("http://localhost:8080/"), "local");
+/// ```
+pub fn instance_id(base_url: &str) -> String {
+    let Ok(u) = reqwest::Url::parse(base_url.trim()) else {
+        return base_url.trim().to_ascii_lowercase();
+    };
+    let host = u.host_str().unwrap_or_default();
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if loopback {
+        return "local".into();
+    }
+    let mut id = format!("{}://{host}", u.scheme());
+    if let Some(port) = u.port() {
+        id.push_str(&format!(":{port}"));
+    }
+    id.to_ascii_lowercase()
+}
+
+/// The check behind [`Store::bind_instance`] once the recorded instance is read.
+fn check_instance(recorded: Option<String>, wanted: &str) -> Result<(), StoreError> {
+    match recorded {
+        Some(r) if r != wanted => Err(StoreError::OtherInstance {
+            recorded: r,
+            wanted: wanted.to_owned(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 fn event_str(e: Event) -> &'static str {
@@ -320,6 +381,7 @@ struct MemInner {
     leads: HashMap<String, i64>,
     owners: HashMap<String, String>,
     next_id: i64,
+    instance: Option<String>,
 }
 
 /// An outbox in memory (tests; not durable).
@@ -546,6 +608,13 @@ impl Store for MemoryStore {
         Ok(r)
     }
 
+    fn bind_instance(&self, instance: &str) -> Result<(), StoreError> {
+        let mut g = self.inner.lock().map_err(|_| StoreError::Poisoned)?;
+        check_instance(g.instance.clone(), instance)?;
+        g.instance = Some(instance.to_owned());
+        Ok(())
+    }
+
     fn status(&self) -> Result<StatusReport, StoreError> {
         let g = self.inner.lock().map_err(|_| StoreError::Poisoned)?;
         let mut r = StatusReport::default();
@@ -608,6 +677,10 @@ CREATE TABLE IF NOT EXISTS leads (
 CREATE TABLE IF NOT EXISTS token_owners (
     token TEXT PRIMARY KEY,
     person_key TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
 );
 ";
 
@@ -998,6 +1071,21 @@ impl Store for SqliteStore {
         Ok(r)
     }
 
+    fn bind_instance(&self, instance: &str) -> Result<(), StoreError> {
+        let conn = self.conn()?;
+        let recorded = conn
+            .query_row("SELECT value FROM meta WHERE key = 'marketo_instance'", [], |r| {
+                r.get::<_, String>(0)
+            })
+            .optional()?;
+        check_instance(recorded, instance)?;
+        conn.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('marketo_instance', ?1)",
+            [instance],
+        )?;
+        Ok(())
+    }
+
     fn status(&self) -> Result<StatusReport, StoreError> {
         let conn = self.conn()?;
         let mut r = StatusReport::default();
@@ -1047,6 +1135,32 @@ mod tests {
             consent: Consent::Granted,
             captured_at_ms: 5,
         }
+    }
+
+    #[test]
+    fn an_outbox_serves_one_instance() {
+        let dir = std::env::temp_dir().join(format!("idtag-inst-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("o.db");
+        let mem = MemoryStore::new();
+        let sql = SqliteStore::open(&path).unwrap();
+        for s in [&mem as &dyn Store, &sql] {
+            s.bind_instance("local").unwrap();
+            s.bind_instance("local").unwrap();
+            let e = s.bind_instance("https://x.mktorest.com").unwrap_err();
+            assert!(matches!(e, StoreError::OtherInstance { .. }), "{e}");
+            assert!(e.to_string().contains("instance local, not https://x.mktorest.com"));
+        }
+        drop(sql);
+        let again = SqliteStore::open(&path).unwrap();
+        assert!(again.bind_instance("https://x.mktorest.com").is_err(), "kept on disk");
+        again.bind_instance("local").unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(instance_id("http://[::1]:9/"), "local");
+        assert_eq!(instance_id("http://127.5.0.1"), "local");
+        assert_eq!(instance_id("HTTPS://AB.mktorest.com:8443/x"), "https://ab.mktorest.com:8443");
+        assert_eq!(instance_id("not a url"), "not a url");
     }
 
     fn exercise(s: &dyn Store) {
