@@ -434,6 +434,9 @@ impl Store for Flaky {
     fn status(&self) -> Result<StatusReport, StoreError> {
         self.inner.status()
     }
+    fn bind_instance(&self, instance: &str) -> Result<(), StoreError> {
+        self.inner.bind_instance(instance)
+    }
 }
 
 #[tokio::test]
