@@ -43,10 +43,11 @@ test-wasm:
 	WASM_BINDGEN_TEST_TIMEOUT=120 WASM_BINDGEN_TEST_WEBDRIVER_JSON=$(CURDIR)/.ci/webdriver.json \
 	cargo test --target $(WASM_TARGET) --no-default-features $(WASM_TESTS)
 
-## Fuzzes the cookie parser, the tag-token verifier and the email normaliser
+## Fuzzes the cookie parser, the tag-token verifier, the email normaliser and the
+## browser queue's stored form
 ## (cargo-fuzz / libFuzzer; RUSTC_BOOTSTRAP lets the stable toolchain build with sanitizers).
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := cookie_header tag_token_verify tag_token_signed_claims email_normalize
+FUZZ_TARGETS := cookie_header tag_token_verify tag_token_signed_claims email_normalize queue_text
 .PHONY: fuzz
 fuzz:
 	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked || cargo install cargo-fuzz

@@ -237,18 +237,52 @@ fn serve_without_marketo_settings_runs_the_embedded_emulator_end_to_end() {
         }
     }
     std::thread::spawn(move || for _ in lines {});
+    tag_and_wait_associated(
+        port,
+        "cli@example.com",
+        "_mch-example.com-1700000000000-4242",
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    // The same outbox pointed at a real instance later: refused before any
+    // work, since its done pairs and lead ids belong to the emulator.
+    let real = serve(free_port(), &dir.join("outbox.db"))
+        .env("MARKETO_BASE_URL", "https://123-ABC-456.mktorest.invalid")
+        .env("MARKETO_CLIENT_ID", "id")
+        .env("MARKETO_CLIENT_SECRET", "secret")
+        .output()
+        .unwrap();
+    assert!(!real.status.success());
+    let err = String::from_utf8_lossy(&real.stderr);
+    assert!(
+        err.contains("holds work for the Marketo instance local"),
+        "{err}"
+    );
+    let st = SqliteStore::open(dir.join("outbox.db"))
+        .unwrap()
+        .status()
+        .unwrap();
+    assert_eq!(st.counts.get("done").copied(), Some(1), "{st:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Posts one tag request (signed with [`KEYS`]) to `idtag serve` on `port` and
+/// waits until its metrics count the association.
+fn tag_and_wait_associated(port: u16, email: &str, visitor: &str) {
     let token = idtag::tag_token::Keyring::parse(KEYS)
         .unwrap()
         .issue(
             "u1",
-            "cli@example.com",
+            email,
             Event::Login,
             idtag::clock::Clock::now_secs(&idtag::clock::SystemClock),
             600,
             None,
         )
         .unwrap();
-    let body = serde_json::json!({"v":1,"token":token,"cookies":{"_mkto_trk":"id:123-ABC-456&token:_mch-example.com-1700000000000-4242"}}).to_string();
+    let body = serde_json::json!({"v":1,"token":token,"cookies":{"_mkto_trk":format!("id:123-ABC-456&token:{visitor}")}}).to_string();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -280,28 +314,78 @@ fn serve_without_marketo_settings_runs_the_embedded_emulator_end_to_end() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     });
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
-    // The same outbox pointed at a real instance later: refused before any
-    // work, since its done pairs and lead ids belong to the emulator.
-    let real = serve(free_port(), &dir.join("outbox.db"))
-        .env("MARKETO_BASE_URL", "https://123-ABC-456.mktorest.invalid")
-        .env("MARKETO_CLIENT_ID", "id")
-        .env("MARKETO_CLIENT_SECRET", "secret")
-        .output()
+}
+
+#[test]
+fn serve_against_a_separately_started_emulate_associates_end_to_end() {
+    let dir = temp_dir("apart");
+    let mut emu = Command::new(env!("CARGO_BIN_EXE_idtag"))
+        .args([
+            "emulate",
+            "--listen",
+            "127.0.0.1:0",
+            "--client-id",
+            "qa-id",
+            "--client-secret",
+            "qa-secret",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
         .unwrap();
-    assert!(!real.status.success());
-    let err = String::from_utf8_lossy(&real.stderr);
-    assert!(
-        err.contains("holds work for the Marketo instance local"),
-        "{err}"
-    );
-    let st = SqliteStore::open(dir.join("outbox.db"))
+    let mut out = BufReader::new(emu.stdout.take().unwrap()).lines();
+    let first = out.next().unwrap().unwrap();
+    let base = first
+        .strip_prefix("idtag emulator listening on ")
+        .unwrap_or_else(|| panic!("first line: {first}"))
+        .trim()
+        .to_owned();
+    std::thread::spawn(move || for _ in out {});
+    let port = free_port();
+    let mut child = serve(port, &dir.join("outbox.db"))
+        .env("MARKETO_BASE_URL", &base)
+        .env("MARKETO_CLIENT_ID", "qa-id")
+        .env("MARKETO_CLIENT_SECRET", "qa-secret")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        assert!(!line.contains("embedded Marketo emulator"), "{line}");
+        if line.contains("POST /v1/tag") {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    let visitor = "_mch-example.com-1700000000000-5151";
+    tag_and_wait_associated(port, "apart@example.com", visitor);
+    let leads: serde_json::Value = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
         .unwrap()
-        .status()
-        .unwrap();
-    assert_eq!(st.counts.get("done").copied(), Some(1), "{st:?}");
+        .block_on(async {
+            reqwest::get(format!("{base}/__emulator/leads"))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap()
+        });
+    let lead = leads["leads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["email"] == "apart@example.com")
+        .unwrap_or_else(|| panic!("{leads}"));
+    assert_eq!(lead["cookies"], serde_json::json!([visitor]), "{lead}");
+    for pid in [child.id(), emu.id()] {
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+    }
+    let _ = child.wait();
+    let _ = emu.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }

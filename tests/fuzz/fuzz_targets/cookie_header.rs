@@ -1,7 +1,7 @@
 //! Fuzzes Cookie-header parsing and `_mkto_trk` selection.
 #![no_main]
 
-use idtag::munchkin::{parse_value, select, Preferences};
+use idtag::munchkin::{parse_value, select, selected_value, Preferences};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -13,6 +13,11 @@ fuzz_target!(|data: &[u8]| {
         cookie_domain: it.next().map(str::to_owned),
     };
     let s = select(header, &prefs);
+    // The browser's lean selection agrees with the full one.
+    assert_eq!(
+        selected_value(header, &prefs),
+        s.selected.as_ref().map(|c| c.value.clone())
+    );
     if let Some(sel) = &s.selected {
         assert!(s.candidates.contains(sel));
         // Decoded once: the selected value parses to itself.
