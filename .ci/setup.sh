@@ -29,7 +29,6 @@ fi
 apt_pkgs=()
 command -v chromium >/dev/null 2>&1 || apt_pkgs+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || apt_pkgs+=(chromium-driver)
-command -v wasm-opt >/dev/null 2>&1 || apt_pkgs+=(binaryen)
 command -v node >/dev/null 2>&1 || apt_pkgs+=(nodejs npm)
 if [ "${#apt_pkgs[@]}" -gt 0 ]; then
     echo "setup: apt-get install ${apt_pkgs[*]}"
@@ -37,5 +36,13 @@ if [ "${#apt_pkgs[@]}" -gt 0 ]; then
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${apt_pkgs[@]}"
+fi
+# Vite 8 (the browser tests) needs Node.js 20.19+; Debian 12's own nodejs is 18.
+node_version="$(node --version 2>/dev/null || echo v0)"
+node_major="${node_version#v}"; node_major="${node_major%%.*}"
+node_minor="$(echo "$node_version" | cut -d. -f2)"
+if [ "$node_major" -lt 20 ] || { [ "$node_major" -eq 20 ] && [ "${node_minor:-0}" -lt 19 ]; }; then
+    echo "setup: Node.js $node_version is too old: the browser tests need 20.19 or newer (Debian 12 ships 18; install Node 20+)" >&2
+    exit 1
 fi
 echo "setup: ok (wasm-bindgen $want_wb, $(chromium --version 2>/dev/null | head -1))"

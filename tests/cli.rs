@@ -305,3 +305,48 @@ fn token_usage_errors_exit_2() {
     );
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[test]
+fn closed_or_full_output_is_not_a_panic() {
+    // The reader goes away before the answer is written (`idtag … | head -c0`).
+    let mut child = Command::new(env!("CARGO_BIN_EXE_idtag"))
+        .args(["cookie", "inspect"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run idtag");
+    drop(child.stdout.take());
+    let mut pipe = child.stdin.take().expect("stdin");
+    let _ = pipe.write_all(["_mkto_trk=", &"x".repeat(100_000)].concat().as_bytes());
+    drop(pipe);
+    let out = child.wait_with_output().expect("wait idtag");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A full disk is reported, with the usage/IO exit code.
+    if let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") {
+        let out = Command::new(env!("CARGO_BIN_EXE_idtag"))
+            .args(["identity", "normalize", "a@example.com"])
+            .stdout(full)
+            .output()
+            .expect("run idtag");
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("cannot write output") && !err.contains("panicked"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn cookie_inspect_dash_reads_stdin() {
+    let v = "id:123-ABC-456&token:_mch-example.com-1700000000000-12345";
+    let o = idtag(&["cookie", "inspect", "-"], Some(&["_mkto_trk=", v].concat()), &[]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    assert_eq!(json_out(&o)["marketo"]["selected"]["value"], v);
+}

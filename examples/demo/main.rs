@@ -138,8 +138,23 @@ async fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
             .unwrap_or_else(|| "https://munchkin.marketo.net/munchkin.js".to_owned()),
     };
 
+    let outbox = args.data_dir.join("idtag.sqlite");
+    if emulator.is_some() {
+        // The embedded emulator starts empty every run: an outbox kept from an
+        // earlier run would call its pairs done and its lead ids known, and
+        // returning users would never be associated in this emulator. The
+        // demo's user accounts (users.sqlite) are kept.
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = outbox.clone().into_os_string();
+            p.push(suffix);
+            match std::fs::remove_file(&p) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
+            }
+        }
+    }
     let mut config = Config::new(marketo);
-    config.store = StoreConfig::Sqlite(args.data_dir.join("idtag.sqlite"));
+    config.store = StoreConfig::Sqlite(outbox);
     let keys = env("IDTAG_TOKEN_KEYS").unwrap_or_else(|| format!("demo:{}", random_key()));
     config.keys = Some(Keyring::parse(&keys)?);
     if args.check {

@@ -35,8 +35,9 @@ pub fn run(cmd: CookieCommand) -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    let pasted = match header {
+    let pasted = match header.filter(|h| h != "-") {
         Some(h) => h,
+        // No argument, or `-` as usual for "standard input".
         None => {
             let mut bytes = Vec::new();
             if let Err(e) = std::io::stdin().read_to_end(&mut bytes) {
@@ -65,7 +66,7 @@ pub fn run(cmd: CookieCommand) -> ExitCode {
         "candidates": selection.candidates,
         "rejected": rejected,
     }});
-    println!("{out}");
+    out!("{out}");
     if selection.selected.is_some() {
         ExitCode::SUCCESS
     } else {

@@ -20,11 +20,11 @@ pub fn run(cmd: IdentityCommand) -> ExitCode {
     let IdentityCommand::Normalize { email } = cmd;
     match normalize_email(&email) {
         Ok(e) => {
-            println!("{}", json!({"email": e.as_str()}));
+            out!("{}", json!({"email": e.as_str()}));
             ExitCode::SUCCESS
         }
         Err(err) => {
-            println!(
+            out!(
                 "{}",
                 json!({"error": {"code": err.code(), "message": err.to_string()}})
             );

@@ -1,5 +1,26 @@
 //! Subcommands of the `idtag` binary.
 
+/// `println!` that never panics: when the reader has gone (`idtag status | head`)
+/// the program ends quietly; any other write error (a full disk) is reported
+/// and exits 2.
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($t)*) {
+            crate::cli::output_failed(e)
+        }
+    }};
+}
+
+/// Ends the program after a failed write to standard output (see `out!`).
+pub(crate) fn output_failed(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("idtag: cannot write output: {e}");
+    std::process::exit(2);
+}
+
 mod cookie;
 mod emulate;
 mod identity;

@@ -17,9 +17,11 @@ pub struct ServeArgs {
     /// Address the tag endpoint listens on.
     #[arg(long, env = "IDTAG_LISTEN", default_value = "127.0.0.1:8787", value_parser = super::parse_listen)]
     listen: SocketAddr,
-    /// SQLite outbox file (`memory` for a throwaway in-memory outbox).
-    #[arg(long, env = "IDTAG_STORE", default_value = "idtag-outbox.db")]
-    store: String,
+    /// SQLite outbox file (`memory` for a throwaway in-memory outbox). Default
+    /// `idtag-outbox.db`; with the embedded emulator `memory`, since the
+    /// emulator's leads do not outlive the process either.
+    #[arg(long, env = "IDTAG_STORE")]
+    store: Option<String>,
     /// Marketo REST base URL (`https://123-ABC-456.mktorest.com`); unset: embedded emulator.
     #[arg(long, env = "MARKETO_BASE_URL")]
     marketo_base_url: Option<String>,
@@ -124,8 +126,16 @@ pub fn run(args: ServeArgs) -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
+    let embedded = args.marketo_base_url.is_none()
+        && args.marketo_client_id.is_none()
+        && args.marketo_client_secret.is_none();
+    let store = match &args.store {
+        Some(s) => s.clone(),
+        None if embedded => "memory".to_owned(),
+        None => "idtag-outbox.db".to_owned(),
+    };
     // One worker per outbox: a second `idtag serve` on this store stops here.
-    let _lock = match args.store.as_str() {
+    let _lock = match store.as_str() {
         "memory" => None,
         path => Some(StoreLock::acquire(path).map_err(|e| e.to_string())?),
     };
@@ -151,6 +161,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         (Some(url), Some(id), Some(secret)) => MarketoConfig::new(url, id, secret),
         (None, None, None) => {
             tracing::warn!(
+                store = %store,
                 "no Marketo settings (MARKETO_BASE_URL, MARKETO_CLIENT_ID, MARKETO_CLIENT_SECRET): starting the embedded Marketo emulator; nothing reaches a real instance"
             );
             let emu = idtag::emulator::Emulator::start(idtag::emulator::EmulatorConfig::default())
@@ -179,10 +190,10 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     config.keys = Some(keys);
     config.listen = args.listen;
     config.cors_origins = args.cors_origin.clone();
-    config.store = if args.store == "memory" {
+    config.store = if store == "memory" {
         StoreConfig::Memory
     } else {
-        StoreConfig::Sqlite(PathBuf::from(&args.store))
+        StoreConfig::Sqlite(PathBuf::from(&store))
     };
     config.worker.conflict_policy = args.conflict_policy.parse::<ConflictPolicy>()?;
     let idtag = Idtag::builder(config)
@@ -190,7 +201,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    tracing::info!(%addr, store = %args.store, "idtag serve: POST /v1/tag, GET /healthz, GET /metrics");
+    tracing::info!(%addr, store = %store, "idtag serve: POST /v1/tag, GET /healthz, GET /metrics");
     let served = axum::serve(listener, idtag.router())
         .with_graceful_shutdown(shutdown_signal())
         .await;
@@ -257,34 +268,34 @@ pub fn status(args: StatusArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    println!("outbox {}", args.store.display());
+    out!("outbox {}", args.store.display());
     for state in ["pending", "done", "dead", "conflict"] {
-        println!(
+        out!(
             "  {state:<9} {}",
             report.counts.get(state).copied().unwrap_or(0)
         );
     }
     match report.oldest_pending_ms {
-        Some(t) => println!(
+        Some(t) => out!(
             "oldest pending: {} ago",
             age(SystemClock.now_ms().saturating_sub(t))
         ),
-        None => println!("oldest pending: none"),
+        None => out!("oldest pending: none"),
     }
     if report.dead_reasons.is_empty() {
-        println!("dead-letter reasons: none");
+        out!("dead-letter reasons: none");
     } else {
-        println!("dead-letter reasons:");
+        out!("dead-letter reasons:");
         for (reason, n) in &report.dead_reasons {
-            println!("  {reason:<24} {n}");
+            out!("  {reason:<24} {n}");
         }
     }
     if report.conflicts.is_empty() {
-        println!("shared-browser conflicts: none");
+        out!("shared-browser conflicts: none");
     } else {
-        println!("shared-browser conflicts (by policy applied):");
+        out!("shared-browser conflicts (by policy applied):");
         for (policy, n) in &report.conflicts {
-            println!("  {policy:<24} {n}");
+            out!("  {policy:<24} {n}");
         }
     }
     ExitCode::SUCCESS
@@ -308,9 +319,9 @@ pub fn requeue(args: RequeueArgs) -> ExitCode {
         .as_deref()
         .map(|r| format!(" with reason {r}"))
         .unwrap_or_default();
-    println!("requeued {} dead item(s){which}", r.requeued);
+    out!("requeued {} dead item(s){which}", r.requeued);
     if r.undeliverable > 0 {
-        println!(
+        out!(
             "left dead: {} item(s) with neither a lead id nor an email to deliver them with (they revive at the person's next login from that browser)",
             r.undeliverable
         );

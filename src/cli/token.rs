@@ -66,11 +66,11 @@ pub fn run(cmd: TokenCommand) -> ExitCode {
             };
             match ring.issue(&user_id, &email, event, now, ttl, kid.as_deref()) {
                 Ok(t) => {
-                    println!("{t}");
+                    out!("{t}");
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    println!(
+                    out!(
                         "{}",
                         json!({"error": {"code": e.code(), "message": e.to_string()}})
                     );
@@ -81,11 +81,11 @@ pub fn run(cmd: TokenCommand) -> ExitCode {
         TokenCommand::Verify { token } => {
             match ring.verify(token.trim(), now, &VerifyOptions::default()) {
                 Ok(claims) => {
-                    println!("{}", json!(claims));
+                    out!("{}", json!(claims));
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    println!("{}", e.code());
+                    out!("{}", e.code());
                     eprintln!("idtag: {e}");
                     ExitCode::from(1)
                 }
