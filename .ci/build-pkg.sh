@@ -38,7 +38,8 @@ rustup component list --installed 2>/dev/null | grep -q '^rust-src' || rustup co
 RUSTC_BOOTSTRAP=1 CARGO_PROFILE_WASM_RELEASE_STRIP=false \
   CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="-Zunstable-options -Cpanic=immediate-abort -Zlocation-detail=none -Zmir-opt-level=3" \
   cargo build --lib --target wasm32-unknown-unknown --profile wasm-release --no-default-features \
-  -Zbuild-std=std,panic_abort
+  -Zbuild-std=std,panic_abort \
+  || { echo "build-pkg: the size build failed; it needs a toolchain that knows -Cpanic=immediate-abort and -Zbuild-std (rustc 1.95 is known to work; found $(rustc --version))" >&2; exit 1; }
 tdir=${CARGO_TARGET_DIR:-target}
 raw=$tdir/wasm32-unknown-unknown/wasm-release/idtag.wasm
 gen=$tdir/pkg-bindgen
