@@ -346,7 +346,11 @@ fn closed_or_full_output_is_not_a_panic() {
 #[test]
 fn cookie_inspect_dash_reads_stdin() {
     let v = "id:123-ABC-456&token:_mch-example.com-1700000000000-12345";
-    let o = idtag(&["cookie", "inspect", "-"], Some(&["_mkto_trk=", v].concat()), &[]);
+    let o = idtag(
+        &["cookie", "inspect", "-"],
+        Some(&["_mkto_trk=", v].concat()),
+        &[],
+    );
     assert_eq!(o.status.code(), Some(0), "{o:?}");
     assert_eq!(json_out(&o)["marketo"]["selected"]["value"], v);
 }
