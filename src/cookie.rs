@@ -88,10 +88,15 @@ fn parse_pair(segment: &str) -> Option<CookiePair<'_>> {
 
 /// Trims the whitespace browsers and proxies leave around pairs (space, tab, CR, LF).
 fn trim_cookie_ws(s: &str) -> &str {
-    let ws = |c: &u8| matches!(c, b' ' | b'\t' | b'\r' | b'\n');
+    trim_bytes(s, |c| matches!(c, b' ' | b'\t' | b'\r' | b'\n'))
+}
+
+/// `s` without the ASCII bytes `skip` matches at either end (byte-wise, like
+/// [`split_on`]; cutting at ASCII bytes keeps the rest valid UTF-8).
+pub(crate) fn trim_bytes(s: &str, skip: impl Fn(&u8) -> bool) -> &str {
     let b = s.as_bytes();
-    let start = b.iter().position(|c| !ws(c)).unwrap_or(b.len());
-    let end = b.iter().rposition(|c| !ws(c)).map_or(start, |i| i + 1);
+    let start = b.iter().position(|c| !skip(c)).unwrap_or(b.len());
+    let end = b.iter().rposition(|c| !skip(c)).map_or(start, |i| i + 1);
     s.get(start..end).unwrap_or_default()
 }
 

@@ -367,11 +367,7 @@ fn is_cookie_domain(d: &[u8]) -> bool {
 
 /// `d` without surrounding ASCII whitespace and dots (`.example.com.` → `example.com`).
 fn bare_domain(d: &str) -> &str {
-    let skip = |c: &u8| *c == b'.' || c.is_ascii_whitespace();
-    let b = d.as_bytes();
-    let start = b.iter().position(|c| !skip(c)).unwrap_or(b.len());
-    let end = b.iter().rposition(|c| !skip(c)).map_or(start, |i| i + 1);
-    d.get(start..end).unwrap_or_default()
+    cookie::trim_bytes(d, |c| *c == b'.' || c.is_ascii_whitespace())
 }
 
 /// Looks at every `_mkto_trk` value in a `Cookie` header (or `document.cookie`)
@@ -478,10 +474,12 @@ impl<'p> Picker<'p> {
         {
             return Err(RejectReason::OtherInstance);
         }
+        // A token's domain is valid, hence already bare (no dots or spaces at
+        // its ends); only the configured one needed `bare_domain`.
         let domain = v.domain();
         let rank = (
             self.wanted_domain
-                .is_some_and(|d| bare_domain(domain).eq_ignore_ascii_case(d)),
+                .is_some_and(|d| domain.eq_ignore_ascii_case(d)),
             core::cmp::Reverse(domain.bytes().filter(|&c| c == b'.').count()),
         );
         if self.chosen.is_none_or(|(_, r)| rank >= r) {

@@ -258,8 +258,11 @@ impl Tagger {
         self.with_queue(|q| {
             let known = q.contains(token);
             match q.enqueue(token, &person, ttl_ms, cookie.as_deref(), page, &owner, now) {
-                Enqueued::Queued => match q.get(token).filter(|it| !known && it.owner == owner) {
-                    Some(it) if !owner.is_empty() => tag_queue::cat(&["queued\n", &it.send_line()]),
+                // Newly stored and leased to this tab: it sends it now.
+                Enqueued::Queued => match q.get(token) {
+                    Some(it) if !known && !owner.is_empty() && it.owner == owner => {
+                        tag_queue::cat(&["queued\n", &it.send_line()])
+                    }
                     _ => "queued".into(),
                 },
                 Enqueued::Duplicate => "duplicate".into(),
